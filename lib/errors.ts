@@ -1,0 +1,55 @@
+/**
+ * The errors a queue operation can end with. Drivers and handlers throw them;
+ * lib/http.ts is the one place that turns them into HTTP statuses. Anything
+ * else that escapes is a bug and becomes a 500.
+ */
+export type ErrorCode =
+  | 'bad_request'
+  | 'unauthorized'
+  | 'not_found'
+  | 'method_not_allowed'
+  | 'conflict'
+  | 'too_large'
+  | 'unsupported_media_type'
+  | 'unavailable';
+
+export const STATUS: Record<ErrorCode, number> = {
+  bad_request: 400,
+  unauthorized: 401,
+  not_found: 404,
+  method_not_allowed: 405,
+  conflict: 409,
+  too_large: 413,
+  unsupported_media_type: 415,
+  unavailable: 503,
+};
+
+export class QueueError extends Error {
+  constructor(
+    readonly code: ErrorCode,
+    message: string,
+    readonly details: Record<string, unknown> = {},
+  ) {
+    super(message);
+    this.name = 'QueueError';
+  }
+}
+
+export const badRequest = (message: string, details?: Record<string, unknown>) =>
+  new QueueError('bad_request', message, details);
+
+export const notFound = (what: string, id: string) =>
+  new QueueError('not_found', `${what} ${id} not found`, { [what]: id });
+
+export const conflict = (message: string, details?: Record<string, unknown>) =>
+  new QueueError('conflict', message, details);
+
+export const tooLarge = (message: string, details?: Record<string, unknown>) =>
+  new QueueError('too_large', message, details);
+
+export const unavailable = (message: string, details?: Record<string, unknown>) =>
+  new QueueError('unavailable', message, details);
+
+/** A refused mutation or read by an instance that does not own the message. */
+export const notOwner = (msgid: string) =>
+  new QueueError('conflict', `message ${msgid} is owned by another instance`, { msgid, reason: 'not_owner' });

@@ -1,0 +1,655 @@
+import { setTimeout as sleep } from 'node:timers/promises';
+import { Datastore, DatastoreClient, PropertyFilter, and, type Key, type Transaction } from '@google-cloud/datastore';
+import type { google } from '@google-cloud/datastore/build/protos/protos';
+import { decodeCursor, encodeCursor, pageBudget } from './cursor';
+import { conflict, notFound, QueueError, unavailable } from './errors';
+import { msgidOf, type Evpid, type Msgid } from './ids';
+import {
+  byteRange,
+  checkBody,
+  checkCommit,
+  checkEnvelope,
+  checkOwner,
+  checkWrite,
+  chunkCount,
+  isSameCommit,
+  sha256hex,
+  toChunks,
+} from './rules';
+import { newSnapshotTime } from './snapshot';
+import {
+  CHUNK_BYTES,
+  DEFAULT_LIMITS,
+  type Commit,
+  type Envelope,
+  type Limits,
+  type MessageInfo,
+  type MessageWalk,
+  type OwnerCheck,
+  type Page,
+  type PageRequest,
+  type QueueStore,
+  type ReadRange,
+} from './store';
+
+export interface DatastoreQueueOptions {
+  projectId?: string;
+  /** One namespace per queue; '' is Datastore's default namespace. */
+  namespace?: string;
+  databaseId?: string;
+  /** host:port of an emulator; otherwise DATASTORE_EMULATOR_HOST or Google's endpoint. */
+  apiEndpoint?: string;
+  /** Deadline of each storage call. */
+  timeoutMs?: number;
+  limits?: Limits;
+}
+
+/**
+ * Entities (docs/storage.md):
+ *   Incoming/<msgid>                  a reserved, uncommitted message: owner, createdAt, bodyVersion
+ *   Message/<msgid>                   a committed message: state, owner, size, sha256, chunks, createdAt, committedAt
+ *   Message/<msgid>/Chunk/<000000>    a piece of the body, CHUNK_BYTES at most
+ *   Message/<msgid>/Envelope/<evpid>  an envelope: data, createdAt
+ * Chunks and envelopes of an incoming message already sit under its Message
+ * key, but nothing reads them until the Message entity exists, so a commit is
+ * the single atomic insert of that entity (plus whatever fits with it).
+ */
+const INDEXED: Record<string, readonly string[]> = {
+  Message: ['state', 'owner'],
+  Incoming: ['owner'],
+  Envelope: [],
+  Chunk: [],
+};
+
+/** Datastore's 4 MiB request cap on the emulators, with room for keys and framing. */
+const WRITE_BATCH_BYTES = 3_500_000;
+/** The legacy emulator allows 25 entity groups per transaction; each msgid is two. */
+export const CREATE_BATCH_MAX = 12;
+const CHILD_KINDS = ['Chunk', 'Envelope'];
+const TX_ATTEMPTS = 5;
+const WALK_MESSAGES = 50;
+const WALK_PARALLEL = 8;
+const WALK_ENVELOPES_PER_QUERY = 200;
+
+type Props = Record<string, string | number | Date | Buffer | null>;
+type Stored = Props & { [Datastore.KEY]: Key };
+interface Entity {
+  key: Key;
+  data: Props;
+}
+
+export class DatastoreQueueStore implements QueueStore {
+  readonly limits: Limits;
+  private readonly ds: Datastore;
+  private readonly gax: { timeout: number; maxRetries: number };
+  private raw?: DatastoreClient;
+
+  constructor(options: DatastoreQueueOptions = {}) {
+    this.limits = options.limits ?? DEFAULT_LIMITS;
+    this.ds = new Datastore({
+      projectId: options.projectId,
+      namespace: options.namespace || undefined,
+      databaseId: options.databaseId,
+      apiEndpoint: options.apiEndpoint,
+    });
+    this.gax = { timeout: options.timeoutMs ?? 10_000, maxRetries: 2 };
+  }
+
+  async messageCreate(msgids: Msgid[], owner: string): Promise<void> {
+    const unique = [...new Set(msgids)];
+    await this.transaction(async (tx) => {
+      const found = await this.lookup(tx, [...unique.map((m) => this.messageKey(m)), ...unique.map((m) => this.incomingKey(m))]);
+      const taken = unique.filter((m) => {
+        const incoming = found.get(this.incomingKey(m));
+        return found.has(this.messageKey(m)) || (incoming && incoming.owner !== owner);
+      });
+      if (taken.length > 0) throw conflict(`${taken.length} of the msgids are taken`, { taken });
+      const createdAt = new Date();
+      for (const msgid of unique) {
+        if (!found.has(this.incomingKey(msgid))) {
+          tx.insert(this.entity(this.incomingKey(msgid), { owner, createdAt, bodyVersion: 0 }));
+        }
+      }
+    });
+  }
+
+  async messageWrite(msgid: Msgid, offset: number, data: Buffer, owner: string): Promise<void> {
+    checkWrite(msgid, offset, data, this.limits);
+    const chunks = toChunks(data, offset / CHUNK_BYTES).map((c) => this.entity(this.chunkKey(msgid, c.index), { data: c.data }));
+    await this.writeIncoming(msgid, owner, chunks);
+  }
+
+  async messageCommit(commit: Commit): Promise<{ created: boolean }> {
+    checkCommit(commit, this.limits);
+    const envelopes = (commit.envelopes ?? []).map((e) => this.envelopeEntity(e.evpid, e.data, new Date()));
+    if (commit.body && commit.size + bytesOf(envelopes) <= WRITE_BATCH_BYTES) {
+      try {
+        return await this.commitInOneWrite(commit, envelopes);
+      } catch (err) {
+        if (grpcCode(err) !== ALREADY_EXISTS) throw storageError(err);
+        // committed before (a retry), or an envelope was created before the commit
+      }
+    }
+    const committed = await this.get(this.messageKey(commit.msgid));
+    if (committed) return this.recommit(toInfo(commit.msgid, committed), commit);
+    if (commit.body) {
+      await this.messageCreate([commit.msgid], commit.owner);
+      await this.messageWrite(commit.msgid, 0, commit.body, commit.owner);
+    }
+    return this.commitWrittenBody(commit, envelopes);
+  }
+
+  async messageDelete(msgid: Msgid, check?: OwnerCheck): Promise<{ deleted: boolean }> {
+    return this.transaction(async (tx) => {
+      const found = await this.lookup(tx, [this.messageKey(msgid), this.incomingKey(msgid)]);
+      const stored = found.get(this.messageKey(msgid)) ?? found.get(this.incomingKey(msgid));
+      if (!stored) return { deleted: false };
+      checkOwner({ msgid, owner: String(stored.owner) }, check);
+      tx.delete([...(await this.descendants(tx, msgid)), this.messageKey(msgid), this.incomingKey(msgid)]);
+      return { deleted: true };
+    });
+  }
+
+  async messageRead(msgid: Msgid, read: ReadRange & OwnerCheck = {}): Promise<{ info: MessageInfo; data: Buffer }> {
+    const stored = await this.get(this.messageKey(msgid));
+    if (!stored) throw notFound('msgid', msgid);
+    const info = toInfo(msgid, stored);
+    checkOwner(info, read);
+    const size = info.size ?? 0;
+    const { start, end } = byteRange(size, read.offset, read.length);
+    const first = Math.floor(start / CHUNK_BYTES);
+    const last = Math.ceil(end / CHUNK_BYTES);
+    const keys = range(first, last).map((i) => this.chunkKey(msgid, i));
+    const found = keys.length > 0 ? await this.lookup(this.ds, keys) : new Map<Key, Stored>();
+    const body = Buffer.concat(keys.map((k) => (found.get(k)?.data as Buffer | undefined) ?? Buffer.alloc(0)));
+    if (start === 0 && end === size && sha256hex(body) !== info.sha256) {
+      await this.setState(msgid, 'corrupt', {}).catch(() => undefined);
+      throw conflict(`message ${msgid} body does not match its sha256; quarantined`, { msgid, reason: 'corrupt' });
+    }
+    const from = start - first * CHUNK_BYTES;
+    return { info, data: body.subarray(from, from + (end - start)) };
+  }
+
+  async messageWalk(msgid: Msgid, page: PageRequest & OwnerCheck = {}): Promise<MessageWalk> {
+    const found = await this.lookup(this.ds, [this.messageKey(msgid), this.incomingKey(msgid)]);
+    const committed = found.get(this.messageKey(msgid));
+    const incoming = found.get(this.incomingKey(msgid));
+    if (!committed && !incoming) throw notFound('msgid', msgid);
+    const message = committed ? toInfo(msgid, committed) : incomingInfo(msgid, incoming!);
+    checkOwner(message, page);
+    const pos = page.cursor ? decodeCursor(page.cursor) : { t0: Date.now() };
+    const { limit, maxBytes } = pageBudget(page);
+    const after = pos.m === msgid ? pos.e : undefined;
+    const { rows, more } = await this.envelopesOf(msgid, after, limit);
+    const items: Envelope[] = [];
+    let bytes = 0;
+    for (const row of rows) {
+      if (items.length > 0 && bytes + row.data.length > maxBytes) break;
+      items.push(row);
+      bytes += row.data.length;
+    }
+    const last = items.at(-1);
+    const cut = items.length < rows.length || more;
+    return { message, items, cursor: cut && last ? encodeCursor({ t0: pos.t0, m: msgid, e: last.evpid }) : null };
+  }
+
+  async messageCorrupt(msgid: Msgid, check?: OwnerCheck): Promise<MessageInfo> {
+    return this.setState(msgid, 'corrupt', check ?? {});
+  }
+
+  async messageUncorrupt(msgid: Msgid, check?: OwnerCheck): Promise<MessageInfo> {
+    return this.setState(msgid, 'queued', check ?? {});
+  }
+
+  async envelopeCreate(envelope: Envelope, check?: OwnerCheck): Promise<{ created: boolean }> {
+    checkEnvelope(envelope, this.limits);
+    return this.transaction(async (tx) => {
+      const { found } = await this.envelopeContext(tx, envelope.evpid, check);
+      const existing = found.get(this.envelopeKey(envelope.evpid));
+      if (existing) {
+        if ((existing.data as Buffer).equals(envelope.data)) return { created: false };
+        throw conflict(`envelope ${envelope.evpid} exists with other bytes`, { evpid: envelope.evpid });
+      }
+      tx.insert(this.envelopeEntity(envelope.evpid, envelope.data, new Date()));
+      return { created: true };
+    });
+  }
+
+  async envelopeDelete(evpid: Evpid, check?: OwnerCheck): Promise<{ deleted: boolean; messageDeleted: boolean }> {
+    const msgid = msgidOf(evpid);
+    return this.transaction(async (tx) => {
+      const [found, [others]] = await Promise.all([
+        this.lookup(tx, [this.messageKey(msgid), this.incomingKey(msgid), this.envelopeKey(evpid)]),
+        tx.runQuery(this.envelopeQuery(msgid).select('__key__').limit(2), { gaxOptions: this.gax }),
+      ]);
+      const stored = found.get(this.messageKey(msgid)) ?? found.get(this.incomingKey(msgid));
+      if (!stored) return { deleted: false, messageDeleted: false };
+      checkOwner({ msgid, owner: String(stored.owner) }, check);
+      const deleted = found.has(this.envelopeKey(evpid));
+      const isLast = !(others as Stored[]).some((row) => row[Datastore.KEY].name !== evpid);
+      if (found.has(this.messageKey(msgid)) && isLast) {
+        tx.delete([...(await this.descendants(tx, msgid)), this.messageKey(msgid)]);
+        return { deleted, messageDeleted: true };
+      }
+      if (deleted) tx.delete(this.envelopeKey(evpid));
+      return { deleted, messageDeleted: false };
+    });
+  }
+
+  async envelopeLoad(evpid: Evpid, check?: OwnerCheck): Promise<Buffer> {
+    const { found } = await this.envelopeContext(this.ds, evpid, check);
+    const stored = found.get(this.envelopeKey(evpid));
+    if (!stored) throw notFound('evpid', evpid);
+    return stored.data as Buffer;
+  }
+
+  async envelopeUpdate(envelope: Envelope, check?: OwnerCheck): Promise<void> {
+    checkEnvelope(envelope, this.limits);
+    await this.transaction(async (tx) => {
+      const { found } = await this.envelopeContext(tx, envelope.evpid, check);
+      const stored = found.get(this.envelopeKey(envelope.evpid));
+      if (!stored) throw notFound('evpid', envelope.evpid);
+      tx.update(this.envelopeEntity(envelope.evpid, envelope.data, stored.createdAt as Date));
+    });
+  }
+
+  async envelopeWalk(page: PageRequest & { owner?: string } = {}): Promise<Page<Envelope>> {
+    const pos = page.cursor ? decodeCursor(page.cursor) : { t0: await newSnapshotTime() };
+    const { limit, maxBytes } = pageBudget(page);
+    const items: Envelope[] = [];
+    let bytes = 0;
+    let after: { m?: string; e?: string } = pos;
+    const cursorAt = (m: string, e: string) => encodeCursor({ t0: pos.t0, m, e });
+    for (;;) {
+      const batch = await this.queuedMessages(page.owner, after.m, WALK_MESSAGES);
+      const messages = batch.filter((row) => !(row[Datastore.KEY].name === after.m && after.e === undefined));
+      for (let w = 0; w < messages.length; w += WALK_PARALLEL) {
+        const window = messages.slice(w, w + WALK_PARALLEL);
+        const fetched = await Promise.all(
+          window.map((row) => {
+            const msgid = row[Datastore.KEY].name!;
+            if ((row.committedAt as Date).getTime() > pos.t0) return { msgid, rows: [], more: false };
+            const from = msgid === after.m ? after.e : undefined;
+            return this.envelopesOf(msgid, from, Math.min(limit - items.length + 1, WALK_ENVELOPES_PER_QUERY)).then((r) => ({ msgid, ...r }));
+          }),
+        );
+        for (const { msgid, rows, more } of fetched) {
+          for (const row of rows) {
+            if (items.length === limit || (items.length > 0 && bytes + row.data.length > maxBytes)) {
+              const last = items.at(-1)!;
+              return { items, cursor: cursorAt(msgidOf(last.evpid), last.evpid) };
+            }
+            if (row.createdAt.getTime() <= pos.t0) {
+              items.push({ evpid: row.evpid, data: row.data });
+              bytes += row.data.length;
+            }
+          }
+          if (more) return { items, cursor: cursorAt(msgid, rows.at(-1)!.evpid) };
+          after = { m: msgid };
+        }
+      }
+      if (batch.length < WALK_MESSAGES) return { items, cursor: null };
+    }
+  }
+
+  async messagePurge(owner: string, keep: Msgid[] = []): Promise<number> {
+    const kept = new Set(keep);
+    const [rows] = await this.ds.runQuery(
+      this.ds.createQuery('Incoming').filter(new PropertyFilter('owner', '=', owner)).select('__key__'),
+      { gaxOptions: this.gax },
+    );
+    let purged = 0;
+    for (const row of rows as Stored[]) {
+      const msgid = row[Datastore.KEY].name!;
+      if (kept.has(msgid)) continue;
+      const removed = await this.transaction(async (tx) => {
+        const found = await this.lookup(tx, [this.messageKey(msgid), this.incomingKey(msgid)]);
+        const incoming = found.get(this.incomingKey(msgid));
+        if (!incoming || incoming.owner !== owner) return false;
+        // a committed message of the same id keeps its children
+        const children = found.has(this.messageKey(msgid)) ? [] : await this.descendants(tx, msgid);
+        tx.delete([...children, this.incomingKey(msgid)]);
+        return true;
+      });
+      if (removed) purged++;
+    }
+    return purged;
+  }
+
+  async close(): Promise<void> {
+    await this.raw?.close();
+    for (const client of this.ds.clients_.values()) await (client as { close?: () => unknown }).close?.();
+  }
+
+  /** The fast commit: one atomic write that cannot overwrite a committed message. */
+  private async commitInOneWrite(commit: Commit, envelopes: Entity[]): Promise<{ created: boolean }> {
+    const now = new Date();
+    const chunks = toChunks(commit.body!).map((c) => this.entity(this.chunkKey(commit.msgid, c.index), { data: c.data }));
+    await this.singleUseCommit({
+      insert: [this.messageEntity(commit, now), ...envelopes],
+      upsert: chunks,
+      delete: [this.incomingKey(commit.msgid)],
+    });
+    return { created: true };
+  }
+
+  /** The commit of a body written in parts: verify it, then flip in one transaction. */
+  private async commitWrittenBody(commit: Commit, envelopes: Entity[]): Promise<{ created: boolean }> {
+    const { msgid } = commit;
+    if (bytesOf(envelopes) > WRITE_BATCH_BYTES) {
+      await this.writeIncoming(msgid, commit.owner, envelopes, true);
+      envelopes = [];
+    }
+    const incoming = await this.get(this.incomingKey(msgid));
+    if (!incoming) throw notFound('msgid', msgid);
+    checkOwner({ msgid, owner: String(incoming.owner) }, commit);
+    const version = incoming.bodyVersion;
+    const parts = range(0, chunkCount(commit.size)).map((i) => this.chunkKey(msgid, i));
+    const found = parts.length > 0 ? await this.lookup(this.ds, parts) : new Map<Key, Stored>();
+    checkBody(msgid, commit.size, commit.sha256, Buffer.concat(parts.map((k) => (found.get(k)?.data as Buffer) ?? Buffer.alloc(0))));
+    return this.transaction(async (tx) => {
+      const seen = await this.lookup(tx, [this.messageKey(msgid), this.incomingKey(msgid), ...envelopes.map((e) => e.key)]);
+      const committed = seen.get(this.messageKey(msgid));
+      if (committed) return this.recommit(toInfo(msgid, committed), commit);
+      const current = seen.get(this.incomingKey(msgid));
+      if (!current) throw notFound('msgid', msgid);
+      checkOwner({ msgid, owner: String(current.owner) }, commit);
+      if (current.bodyVersion !== version) throw conflict(`message ${msgid} body changed while it was committed`, { msgid });
+      tx.insert(this.messageEntity(commit, new Date(), current.createdAt as Date));
+      tx.delete(this.incomingKey(msgid));
+      for (const e of envelopes) {
+        const existing = seen.get(e.key);
+        if (!existing) tx.insert(e);
+        else if (!(existing.data as Buffer).equals(e.data.data as Buffer)) {
+          throw conflict(`envelope ${e.key.name} exists with other bytes`, { evpid: e.key.name });
+        }
+      }
+      return { created: true };
+    });
+  }
+
+  private recommit(info: MessageInfo, commit: Commit): { created: boolean } {
+    if (isSameCommit(info, commit)) return { created: false };
+    throw conflict(`message ${commit.msgid} is already committed with another body`, { msgid: commit.msgid });
+  }
+
+  /**
+   * Writes chunks or envelopes of an incoming message in batches that fit a
+   * request, each checking that the message is still `owner`'s and not yet
+   * committed. Envelopes keep bytes already stored for them (`keepExisting`).
+   */
+  private async writeIncoming(msgid: Msgid, owner: string, entities: Entity[], keepExisting = false): Promise<void> {
+    for (const batch of batches(entities, WRITE_BATCH_BYTES)) {
+      await this.transaction(async (tx) => {
+        const found = await this.lookup(tx, [this.messageKey(msgid), this.incomingKey(msgid), ...(keepExisting ? batch.map((e) => e.key) : [])]);
+        if (found.has(this.messageKey(msgid))) throw conflict(`message ${msgid} is already committed`, { msgid });
+        const incoming = found.get(this.incomingKey(msgid));
+        if (!incoming) throw notFound('msgid', msgid);
+        checkOwner({ msgid, owner: String(incoming.owner) }, { owner });
+        for (const e of batch) {
+          const existing = found.get(e.key);
+          if (existing && !(existing.data as Buffer).equals(e.data.data as Buffer)) {
+            throw conflict(`envelope ${e.key.name} exists with other bytes`, { evpid: e.key.name });
+          }
+        }
+        tx.upsert(batch);
+        tx.update(this.entity(this.incomingKey(msgid), { ...stripKey(incoming), bodyVersion: Number(incoming.bodyVersion) + 1 }));
+      });
+    }
+  }
+
+  private async setState(msgid: Msgid, state: 'queued' | 'corrupt', check: OwnerCheck): Promise<MessageInfo> {
+    return this.transaction(async (tx) => {
+      const stored = (await this.lookup(tx, [this.messageKey(msgid)])).get(this.messageKey(msgid));
+      if (!stored) throw notFound('msgid', msgid);
+      checkOwner({ msgid, owner: String(stored.owner) }, check);
+      const data = { ...stripKey(stored), state };
+      tx.update(this.entity(this.messageKey(msgid), data));
+      return toInfo(msgid, data);
+    });
+  }
+
+  /** The message an envelope belongs to, looked up with the envelope; refuses other owners. */
+  private async envelopeContext(reader: Datastore | Transaction, evpid: Evpid, check?: OwnerCheck) {
+    const msgid = msgidOf(evpid);
+    const found = await this.lookup(reader, [this.messageKey(msgid), this.incomingKey(msgid), this.envelopeKey(evpid)]);
+    const stored = found.get(this.messageKey(msgid)) ?? found.get(this.incomingKey(msgid));
+    if (!stored) throw notFound('evpid', evpid);
+    checkOwner({ msgid, owner: String(stored.owner) }, check);
+    return { found };
+  }
+
+  private async envelopesOf(msgid: Msgid, after: Evpid | undefined, limit: number) {
+    let query = this.envelopeQuery(msgid).order('__key__').limit(limit);
+    if (after) query = query.filter(new PropertyFilter('__key__', '>', this.envelopeKey(after)));
+    const [rows] = await this.ds.runQuery(query, { gaxOptions: this.gax });
+    return {
+      rows: (rows as Stored[]).map((row) => ({
+        evpid: row[Datastore.KEY].name!,
+        data: row.data as Buffer,
+        createdAt: row.createdAt as Date,
+      })),
+      more: rows.length === limit,
+    };
+  }
+
+  private async queuedMessages(owner: string | undefined, from: string | undefined, limit: number): Promise<Stored[]> {
+    const filters: PropertyFilter<string>[] = [new PropertyFilter('state', '=', 'queued')];
+    if (owner !== undefined) filters.push(new PropertyFilter('owner', '=', owner));
+    if (from) filters.push(new PropertyFilter('__key__', '>=', this.messageKey(from)));
+    const query = this.ds.createQuery('Message').filter(and(filters)).order('__key__').limit(limit);
+    const [rows] = await this.ds.runQuery(query, { gaxOptions: this.gax });
+    return rows as Stored[];
+  }
+
+  private envelopeQuery(msgid: Msgid) {
+    return this.ds.createQuery('Envelope').hasAncestor(this.messageKey(msgid));
+  }
+
+  /** Every entity under a message key: its chunks and envelopes. */
+  private async descendants(tx: Transaction, msgid: Msgid): Promise<Key[]> {
+    // one query per kind: the Firestore emulator fails kindless queries in a transaction
+    const results = await Promise.all(
+      CHILD_KINDS.map((kind) =>
+        tx.runQuery(this.ds.createQuery(kind).hasAncestor(this.messageKey(msgid)).select('__key__'), { gaxOptions: this.gax }),
+      ),
+    );
+    return results.flatMap(([rows]) => (rows as Stored[]).map((row) => row[Datastore.KEY]));
+  }
+
+  private async transaction<T>(work: (tx: Transaction) => Promise<T>): Promise<T> {
+    for (let attempt = 1; ; attempt++) {
+      const tx = this.ds.transaction();
+      try {
+        await tx.run({ gaxOptions: this.gax });
+        const result = await work(tx);
+        await tx.commit({ timeout: this.gax.timeout });
+        return result;
+      } catch (err) {
+        await tx.rollback().catch(() => undefined);
+        if (grpcCode(err) === ABORTED && attempt < TX_ATTEMPTS) {
+          await sleep(20 * 2 ** attempt * Math.random());
+          continue;
+        }
+        throw storageError(err);
+      }
+    }
+  }
+
+  private async lookup(reader: Datastore | Transaction, keys: Key[]): Promise<KeyMap> {
+    try {
+      const [rows] = await reader.get(keys, { gaxOptions: this.gax });
+      const found = new KeyMap();
+      for (const row of rows as Stored[]) found.set(row[Datastore.KEY], row);
+      return found;
+    } catch (err) {
+      throw storageError(err);
+    }
+  }
+
+  private async get(key: Key): Promise<Stored | undefined> {
+    return (await this.lookup(this.ds, [key])).get(key);
+  }
+
+  private async singleUseCommit(mutations: { insert: Entity[]; upsert: Entity[]; delete: Key[] }): Promise<void> {
+    const projectId = await this.ds.getProjectId();
+    this.raw ??= new DatastoreClient({ ...this.ds.options });
+    const databaseId = this.ds.options.databaseId ?? '';
+    const toKey = (key: Key) => protoKey(key, projectId, databaseId, this.ds.namespace ?? '');
+    const toEntity = (e: Entity) => protoEntity(toKey(e.key), e.data, INDEXED[e.key.kind]);
+    await this.raw.commit(
+      {
+        projectId,
+        databaseId,
+        mode: 'TRANSACTIONAL',
+        singleUseTransaction: { readWrite: {} },
+        mutations: [
+          ...mutations.insert.map((e) => ({ insert: toEntity(e) })),
+          ...mutations.upsert.map((e) => ({ upsert: toEntity(e) })),
+          ...mutations.delete.map((k) => ({ delete: toKey(k) })),
+        ],
+      },
+      { timeout: this.gax.timeout },
+    );
+  }
+
+  private entity(key: Key, data: Props): Entity & { excludeFromIndexes: string[] } {
+    const indexed = INDEXED[key.kind] ?? [];
+    return { key, data, excludeFromIndexes: Object.keys(data).filter((name) => !indexed.includes(name)) };
+  }
+
+  private messageEntity(commit: Commit, committedAt: Date, createdAt = committedAt) {
+    return this.entity(this.messageKey(commit.msgid), {
+      state: 'queued',
+      owner: commit.owner,
+      size: commit.size,
+      sha256: commit.sha256,
+      chunks: chunkCount(commit.size),
+      createdAt,
+      committedAt,
+    });
+  }
+
+  private envelopeEntity(evpid: Evpid, data: Buffer, createdAt: Date) {
+    return this.entity(this.envelopeKey(evpid), { data, createdAt });
+  }
+
+  private messageKey(msgid: Msgid): Key {
+    return this.ds.key(['Message', msgid]);
+  }
+
+  private incomingKey(msgid: Msgid): Key {
+    return this.ds.key(['Incoming', msgid]);
+  }
+
+  private envelopeKey(evpid: Evpid): Key {
+    return this.ds.key(['Message', msgidOf(evpid), 'Envelope', evpid]);
+  }
+
+  private chunkKey(msgid: Msgid, index: number): Key {
+    return this.ds.key(['Message', msgid, 'Chunk', String(index).padStart(6, '0')]);
+  }
+}
+
+/** Lookup results by key path, since Key objects do not compare by value. */
+class KeyMap {
+  private readonly rows = new Map<string, Stored>();
+  set(key: Key, row: Stored) {
+    this.rows.set(key.path.join('/'), row);
+  }
+  get(key: Key): Stored | undefined {
+    return this.rows.get(key.path.join('/'));
+  }
+  has(key: Key): boolean {
+    return this.rows.has(key.path.join('/'));
+  }
+}
+
+function toInfo(msgid: Msgid, row: Props): MessageInfo {
+  return {
+    msgid,
+    state: row.state === 'corrupt' ? 'corrupt' : 'queued',
+    owner: String(row.owner),
+    size: Number(row.size),
+    sha256: String(row.sha256),
+    createdAt: row.createdAt as Date,
+    committedAt: row.committedAt as Date,
+  };
+}
+
+function incomingInfo(msgid: Msgid, row: Props): MessageInfo {
+  return { msgid, state: 'incoming', owner: String(row.owner), size: null, sha256: null, createdAt: row.createdAt as Date, committedAt: null };
+}
+
+function stripKey(row: Stored): Props {
+  const { [Datastore.KEY]: _key, ...data } = row;
+  return data;
+}
+
+function range(from: number, to: number): number[] {
+  return Array.from({ length: Math.max(to - from, 0) }, (_, i) => from + i);
+}
+
+function bytesOf(entities: Entity[]): number {
+  return entities.reduce((sum, e) => sum + ((e.data.data as Buffer | undefined)?.length ?? 0) + 200, 0);
+}
+
+function* batches(entities: Entity[], maxBytes: number): Generator<Entity[]> {
+  let batch: Entity[] = [];
+  let bytes = 0;
+  for (const e of entities) {
+    const size = bytesOf([e]);
+    if (batch.length > 0 && bytes + size > maxBytes) {
+      yield batch;
+      batch = [];
+      bytes = 0;
+    }
+    batch.push(e);
+    bytes += size;
+  }
+  if (batch.length > 0) yield batch;
+}
+
+const ALREADY_EXISTS = 6;
+const ABORTED = 10;
+/** gRPC codes that mean storage is unreachable, overloaded or contended: worth retrying later. */
+const UNAVAILABLE_CODES = new Set([1, 4, 8, ABORTED, 14]);
+
+function grpcCode(err: unknown): number | undefined {
+  const code = (err as { code?: unknown } | null)?.code;
+  return typeof code === 'number' ? code : undefined;
+}
+
+function storageError(err: unknown): unknown {
+  if (err instanceof QueueError) return err;
+  const code = grpcCode(err);
+  if (code !== undefined && UNAVAILABLE_CODES.has(code)) {
+    return unavailable(`storage unavailable (${(err as Error).message.split('\n')[0]})`, { grpcCode: code });
+  }
+  return err;
+}
+
+function protoKey(key: Key, projectId: string, databaseId: string, namespaceId: string): google.datastore.v1.IKey {
+  const path: google.datastore.v1.Key.IPathElement[] = [];
+  for (let i = 0; i < key.path.length; i += 2) path.push({ kind: String(key.path[i]), name: String(key.path[i + 1]) });
+  return { partitionId: { projectId, databaseId, namespaceId }, path };
+}
+
+function protoEntity(key: google.datastore.v1.IKey, data: Props, indexed: readonly string[] = []): google.datastore.v1.IEntity {
+  const properties: Record<string, google.datastore.v1.IValue> = {};
+  for (const [name, value] of Object.entries(data)) {
+    properties[name] = { ...protoValue(value), excludeFromIndexes: !indexed.includes(name) };
+  }
+  return { key, properties };
+}
+
+function protoValue(value: Props[string]): google.datastore.v1.IValue {
+  if (value === null) return { nullValue: 'NULL_VALUE' };
+  if (Buffer.isBuffer(value)) return { blobValue: value };
+  if (value instanceof Date) {
+    const ms = value.getTime();
+    return { timestampValue: { seconds: Math.floor(ms / 1000), nanos: (ms % 1000) * 1e6 } };
+  }
+  if (typeof value === 'number') return { integerValue: value };
+  return { stringValue: value };
+}

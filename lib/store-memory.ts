@@ -1,0 +1,274 @@
+import { decodeCursor, encodeCursor, pageBudget } from './cursor';
+import { conflict, notFound } from './errors';
+import { msgidOf, type Evpid, type Msgid } from './ids';
+import {
+  byteRange,
+  checkBody,
+  checkCommit,
+  checkEnvelope,
+  checkOwner,
+  checkWrite,
+  chunkCount,
+  isSameCommit,
+  sha256hex,
+  toChunks,
+} from './rules';
+import { newSnapshotTime } from './snapshot';
+import {
+  CHUNK_BYTES,
+  DEFAULT_LIMITS,
+  type Commit,
+  type Envelope,
+  type Limits,
+  type MessageInfo,
+  type MessageWalk,
+  type OwnerCheck,
+  type Page,
+  type PageRequest,
+  type QueueStore,
+  type ReadRange,
+} from './store';
+
+interface StoredEnvelope {
+  data: Buffer;
+  createdAt: number;
+}
+
+interface StoredMessage {
+  info: MessageInfo;
+  chunks: Map<number, Buffer>;
+  envelopes: Map<Evpid, StoredEnvelope>;
+}
+
+/**
+ * A QueueStore in process memory: the reference driver for the contract,
+ * and a queue for tests and single-process experiments. Nothing survives the
+ * process. Every method runs to completion before another starts, so each is
+ * atomic.
+ */
+export class MemoryQueueStore implements QueueStore {
+  private readonly messages = new Map<Msgid, StoredMessage>();
+
+  constructor(readonly limits: Limits = DEFAULT_LIMITS) {}
+
+  async messageCreate(msgids: Msgid[], owner: string): Promise<void> {
+    const taken = msgids.filter((msgid) => {
+      const m = this.messages.get(msgid);
+      return m && (m.info.state !== 'incoming' || m.info.owner !== owner);
+    });
+    if (taken.length > 0) throw conflict(`${taken.length} of the msgids are taken`, { taken });
+    for (const msgid of msgids) {
+      if (this.messages.has(msgid)) continue;
+      this.messages.set(msgid, {
+        info: { msgid, state: 'incoming', owner, size: null, sha256: null, createdAt: new Date(), committedAt: null },
+        chunks: new Map(),
+        envelopes: new Map(),
+      });
+    }
+  }
+
+  async messageWrite(msgid: Msgid, offset: number, data: Buffer, owner: string): Promise<void> {
+    checkWrite(msgid, offset, data, this.limits);
+    const m = this.incoming(msgid, { owner });
+    for (const chunk of toChunks(data, offset / CHUNK_BYTES)) m.chunks.set(chunk.index, Buffer.from(chunk.data));
+  }
+
+  async messageCommit(commit: Commit): Promise<{ created: boolean }> {
+    checkCommit(commit, this.limits);
+    const { msgid } = commit;
+    const existing = this.messages.get(msgid);
+    if (existing && existing.info.state !== 'incoming') {
+      if (isSameCommit(existing.info, commit)) return { created: false };
+      throw conflict(`message ${msgid} is already committed with another body`, { msgid });
+    }
+    let chunks: Map<number, Buffer>;
+    if (commit.body) {
+      chunks = new Map(toChunks(commit.body).map((c) => [c.index, Buffer.from(c.data)]));
+    } else {
+      const m = this.incoming(msgid, commit);
+      chunks = m.chunks;
+      checkBody(msgid, commit.size, commit.sha256, this.assemble(chunks, commit.size));
+    }
+    const envelopes = new Map(existing?.envelopes);
+    const now = Date.now();
+    for (const { evpid, data } of commit.envelopes ?? []) {
+      const old = envelopes.get(evpid);
+      if (old && !old.data.equals(data)) throw conflict(`envelope ${evpid} exists with other bytes`, { evpid });
+      envelopes.set(evpid, old ?? { data: Buffer.from(data), createdAt: now });
+    }
+    this.messages.set(msgid, {
+      info: {
+        msgid,
+        state: 'queued',
+        owner: commit.owner,
+        size: commit.size,
+        sha256: commit.sha256,
+        createdAt: existing?.info.createdAt ?? new Date(now),
+        committedAt: new Date(now),
+      },
+      chunks,
+      envelopes,
+    });
+    return { created: true };
+  }
+
+  async messageDelete(msgid: Msgid, check?: OwnerCheck): Promise<{ deleted: boolean }> {
+    const m = this.messages.get(msgid);
+    if (!m) return { deleted: false };
+    checkOwner(m.info, check);
+    this.messages.delete(msgid);
+    return { deleted: true };
+  }
+
+  async messageRead(msgid: Msgid, read: ReadRange & OwnerCheck = {}): Promise<{ info: MessageInfo; data: Buffer }> {
+    const m = this.committed(msgid, read);
+    const size = m.info.size ?? 0;
+    const { start, end } = byteRange(size, read.offset, read.length);
+    const body = this.assemble(m.chunks, size);
+    if (start === 0 && end === size && sha256hex(body) !== m.info.sha256) {
+      m.info.state = 'corrupt';
+      throw conflict(`message ${msgid} body does not match its sha256; quarantined`, { msgid, reason: 'corrupt' });
+    }
+    return { info: { ...m.info }, data: body.subarray(start, end) };
+  }
+
+  async messageWalk(msgid: Msgid, page: PageRequest & OwnerCheck = {}): Promise<MessageWalk> {
+    const m = this.messages.get(msgid);
+    if (!m) throw notFound('msgid', msgid);
+    checkOwner(m.info, page);
+    const pos = page.cursor ? decodeCursor(page.cursor) : { t0: Date.now() };
+    const after = pos.m === msgid ? pos.e : undefined;
+    const { items, more } = this.take([...sortedEntries(m.envelopes)].filter(([evpid]) => !after || evpid > after), page);
+    const last = items.at(-1);
+    return {
+      message: { ...m.info },
+      items,
+      cursor: more && last ? encodeCursor({ t0: pos.t0, m: msgid, e: last.evpid }) : null,
+    };
+  }
+
+  async messageCorrupt(msgid: Msgid, check?: OwnerCheck): Promise<MessageInfo> {
+    const m = this.committed(msgid, check);
+    m.info.state = 'corrupt';
+    return { ...m.info };
+  }
+
+  async messageUncorrupt(msgid: Msgid, check?: OwnerCheck): Promise<MessageInfo> {
+    const m = this.committed(msgid, check);
+    m.info.state = 'queued';
+    return { ...m.info };
+  }
+
+  async envelopeCreate(envelope: Envelope, check?: OwnerCheck): Promise<{ created: boolean }> {
+    checkEnvelope(envelope, this.limits);
+    const m = this.messageOf(envelope.evpid, check);
+    const old = m.envelopes.get(envelope.evpid);
+    if (old) {
+      if (old.data.equals(envelope.data)) return { created: false };
+      throw conflict(`envelope ${envelope.evpid} exists with other bytes`, { evpid: envelope.evpid });
+    }
+    m.envelopes.set(envelope.evpid, { data: Buffer.from(envelope.data), createdAt: Date.now() });
+    return { created: true };
+  }
+
+  async envelopeDelete(evpid: Evpid, check?: OwnerCheck): Promise<{ deleted: boolean; messageDeleted: boolean }> {
+    const m = this.messages.get(msgidOf(evpid));
+    if (!m) return { deleted: false, messageDeleted: false };
+    checkOwner(m.info, check);
+    const deleted = m.envelopes.delete(evpid);
+    const messageDeleted = m.info.state !== 'incoming' && m.envelopes.size === 0;
+    if (messageDeleted) this.messages.delete(m.info.msgid);
+    return { deleted, messageDeleted };
+  }
+
+  async envelopeLoad(evpid: Evpid, check?: OwnerCheck): Promise<Buffer> {
+    const stored = this.messageOf(evpid, check).envelopes.get(evpid);
+    if (!stored) throw notFound('evpid', evpid);
+    return Buffer.from(stored.data);
+  }
+
+  async envelopeUpdate(envelope: Envelope, check?: OwnerCheck): Promise<void> {
+    checkEnvelope(envelope, this.limits);
+    const stored = this.messageOf(envelope.evpid, check).envelopes.get(envelope.evpid);
+    if (!stored) throw notFound('evpid', envelope.evpid);
+    stored.data = Buffer.from(envelope.data);
+  }
+
+  async envelopeWalk(page: PageRequest & { owner?: string } = {}): Promise<Page<Envelope>> {
+    const pos = page.cursor ? decodeCursor(page.cursor) : { t0: await newSnapshotTime() };
+    const candidates: [Evpid, StoredEnvelope][] = [];
+    for (const [msgid, m] of sortedEntries(this.messages)) {
+      if (pos.m && msgid < pos.m) continue;
+      const { info } = m;
+      if (info.state !== 'queued' || (info.committedAt?.getTime() ?? Infinity) > pos.t0) continue;
+      if (page.owner !== undefined && info.owner !== page.owner) continue;
+      for (const [evpid, stored] of sortedEntries(m.envelopes)) {
+        if (msgid === pos.m && (!pos.e || evpid <= pos.e)) continue;
+        if (stored.createdAt <= pos.t0) candidates.push([evpid, stored]);
+      }
+    }
+    const { items, more } = this.take(candidates, page);
+    const last = items.at(-1);
+    return { items, cursor: more && last ? encodeCursor({ t0: pos.t0, m: msgidOf(last.evpid), e: last.evpid }) : null };
+  }
+
+  async messagePurge(owner: string, keep: Msgid[] = []): Promise<number> {
+    const kept = new Set(keep);
+    let purged = 0;
+    for (const [msgid, m] of this.messages) {
+      if (m.info.state === 'incoming' && m.info.owner === owner && !kept.has(msgid)) {
+        this.messages.delete(msgid);
+        purged++;
+      }
+    }
+    return purged;
+  }
+
+  async close(): Promise<void> {}
+
+  private take(entries: [Evpid, StoredEnvelope][], page: PageRequest): { items: Envelope[]; more: boolean } {
+    const { limit, maxBytes } = pageBudget(page);
+    const items: Envelope[] = [];
+    let bytes = 0;
+    for (const [evpid, stored] of entries) {
+      if (items.length === limit || (items.length > 0 && bytes + stored.data.length > maxBytes)) {
+        return { items, more: true };
+      }
+      items.push({ evpid, data: Buffer.from(stored.data) });
+      bytes += stored.data.length;
+    }
+    return { items, more: false };
+  }
+
+  private assemble(chunks: Map<number, Buffer>, size: number): Buffer {
+    const parts: Buffer[] = [];
+    for (let i = 0; i < chunkCount(size); i++) parts.push(chunks.get(i) ?? Buffer.alloc(0));
+    return Buffer.concat(parts);
+  }
+
+  private incoming(msgid: Msgid, check: OwnerCheck): StoredMessage {
+    const m = this.messages.get(msgid);
+    if (!m) throw notFound('msgid', msgid);
+    if (m.info.state !== 'incoming') throw conflict(`message ${msgid} is already committed`, { msgid });
+    checkOwner(m.info, check);
+    return m;
+  }
+
+  private committed(msgid: Msgid, check?: OwnerCheck): StoredMessage {
+    const m = this.messages.get(msgid);
+    if (!m || m.info.state === 'incoming') throw notFound('msgid', msgid);
+    checkOwner(m.info, check);
+    return m;
+  }
+
+  private messageOf(evpid: Evpid, check?: OwnerCheck): StoredMessage {
+    const m = this.messages.get(msgidOf(evpid));
+    if (!m) throw notFound('evpid', evpid);
+    checkOwner(m.info, check);
+    return m;
+  }
+}
+
+function sortedEntries<V>(map: Map<string, V>): [string, V][] {
+  return [...map].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+}

@@ -1,0 +1,179 @@
+import type { Evpid, Msgid } from './ids';
+
+/**
+ * The storage contract of the queue. The functions and the bridge only ever
+ * talk to a QueueStore; each store (Datastore, memory, or one you write) is a
+ * driver, and test/contract runs the same behaviours against every driver.
+ *
+ * Semantics are smtpd's (docs/api.md has the HTTP view):
+ * - A message is `incoming` from messageCreate until messageCommit makes it
+ *   `queued`, together with its envelopes, in one atomic step. A `corrupt`
+ *   message is quarantined: out of walks, still readable.
+ * - Ids are the caller's: creates insert if absent and never overwrite.
+ * - Every mutation may be retried after a lost answer: repeating it succeeds
+ *   and changes nothing more.
+ * - `owner` names the instance that holds a message. Where an operation takes
+ *   `{ owner }`, a message held by another owner is refused with a `conflict`
+ *   (reason `not_owner`); without it, no ownership check is made (admin use).
+ * - Failures are QueueErrors (lib/errors.ts): not_found, conflict, too_large,
+ *   bad_request, unavailable. Anything else is a bug.
+ * - Bodies and envelopes are opaque bytes (smtpd may compress or encrypt).
+ */
+export interface QueueStore {
+  readonly limits: Limits;
+
+  /**
+   * Reserves msgids as incoming messages of `owner`, all or none: if any id
+   * is taken, throws conflict with `details.taken` and reserves nothing. An
+   * id that `owner` already holds as incoming counts as reserved (a retry).
+   */
+  messageCreate(msgids: Msgid[], owner: string): Promise<void>;
+
+  /**
+   * Stores `data` at byte `offset` of an incoming message's body. `offset`
+   * is a multiple of CHUNK_BYTES and every part but the last is a whole
+   * number of chunks. Writing the same part again is harmless. Nothing is
+   * visible until messageCommit.
+   */
+  messageWrite(msgid: Msgid, offset: number, data: Buffer, owner: string): Promise<void>;
+
+  /**
+   * Makes an incoming message queued: checks the body (inline `body`, or the
+   * parts written before) against `size` and `sha256`, makes it durable, and
+   * makes the message and all its envelopes (those in `envelopes` and any
+   * created before) visible at once. A repeated commit of the same body
+   * answers `{ created: false }`; a different body for a committed msgid is
+   * a conflict. A message not reserved first is committed too, if its id is
+   * free.
+   */
+  messageCommit(commit: Commit): Promise<{ created: boolean }>;
+
+  /** Deletes a message, its body and its envelopes, whatever its state. */
+  messageDelete(msgid: Msgid, check?: OwnerCheck): Promise<{ deleted: boolean }>;
+
+  /**
+   * Returns the committed body, whole or the byte range asked for. A body
+   * whose bytes no longer match its sha256 is quarantined (made corrupt) and
+   * reported as a conflict with reason `corrupt`.
+   */
+  messageRead(msgid: Msgid, read?: ReadRange & OwnerCheck): Promise<{ info: MessageInfo; data: Buffer }>;
+
+  /** The message's metadata and its envelopes, in evpid order, paged. */
+  messageWalk(msgid: Msgid, page?: PageRequest & OwnerCheck): Promise<MessageWalk>;
+
+  /** Quarantines a committed message: out of every walk, still readable. */
+  messageCorrupt(msgid: Msgid, check?: OwnerCheck): Promise<MessageInfo>;
+
+  /** Puts a quarantined message back in the queue. */
+  messageUncorrupt(msgid: Msgid, check?: OwnerCheck): Promise<MessageInfo>;
+
+  /**
+   * Adds an envelope to an incoming or a committed message (smtpd adds
+   * bounces to committed ones). The same evpid with the same bytes again is
+   * `{ created: false }`; with other bytes, a conflict.
+   */
+  envelopeCreate(envelope: Envelope, check?: OwnerCheck): Promise<{ created: boolean }>;
+
+  /**
+   * Deletes an envelope. Deleting the last envelope of a committed message
+   * deletes the message and its body in the same atomic step. Deleting what
+   * is already gone is `{ deleted: false }`.
+   */
+  envelopeDelete(evpid: Evpid, check?: OwnerCheck): Promise<{ deleted: boolean; messageDeleted: boolean }>;
+
+  /** The envelope's bytes exactly as stored. */
+  envelopeLoad(evpid: Evpid, check?: OwnerCheck): Promise<Buffer>;
+
+  /** Replaces an existing envelope's bytes. */
+  envelopeUpdate(envelope: Envelope, check?: OwnerCheck): Promise<void>;
+
+  /**
+   * Pages through the envelopes of queued messages (of `owner` if given), in
+   * evpid order. The first page fixes a snapshot time: later pages skip
+   * messages committed and envelopes created after it, so a walk hands out
+   * each envelope that existed when it began once, and nothing newer.
+   */
+  envelopeWalk(page?: PageRequest & { owner?: string }): Promise<Page<Envelope>>;
+
+  /** Deletes `owner`'s incoming messages except `keep`; returns how many. */
+  messagePurge(owner: string, keep?: Msgid[]): Promise<number>;
+
+  close(): Promise<void>;
+}
+
+export const CHUNK_BYTES = 1_000_000;
+
+export type MessageState = 'incoming' | 'queued' | 'corrupt';
+
+export interface Limits {
+  /** Largest body accepted; larger ones are refused with too_large. */
+  maxMessageBytes: number;
+  /** Largest envelope accepted. */
+  maxEnvelopeBytes: number;
+}
+
+export const DEFAULT_LIMITS: Limits = {
+  // smtpd's default max-message-size is 35 MiB; queue encryption adds a few bytes
+  maxMessageBytes: 36 * 1024 * 1024,
+  // smtpd keeps an envelope in a buffer of sizeof(struct envelope), about 7.5 KB
+  maxEnvelopeBytes: 8192,
+};
+
+export interface Envelope {
+  evpid: Evpid;
+  data: Buffer;
+}
+
+export interface Commit {
+  msgid: Msgid;
+  owner: string;
+  size: number;
+  /** Lowercase hex sha256 of the whole body. */
+  sha256: string;
+  /** The whole body; omitted when it was sent with messageWrite. */
+  body?: Buffer;
+  /** Envelopes to create with the commit, all with this msgid. */
+  envelopes?: Envelope[];
+}
+
+export interface OwnerCheck {
+  owner?: string;
+}
+
+export interface ReadRange {
+  offset?: number;
+  length?: number;
+}
+
+export interface PageRequest {
+  cursor?: string;
+  /** Most envelopes in one page. */
+  limit?: number;
+  /** Most envelope bytes in one page (at least one envelope is returned). */
+  maxBytes?: number;
+}
+
+export const PAGE_DEFAULT = 100;
+export const PAGE_MAX = 1000;
+export const PAGE_BYTES_DEFAULT = 4 * 1024 * 1024;
+
+export interface Page<T> {
+  items: T[];
+  /** Pass back for the next page; null when the walk is done. */
+  cursor: string | null;
+}
+
+export interface MessageInfo {
+  msgid: Msgid;
+  state: MessageState;
+  owner: string;
+  /** Body size and sha256, known once committed. */
+  size: number | null;
+  sha256: string | null;
+  createdAt: Date;
+  committedAt: Date | null;
+}
+
+export interface MessageWalk extends Page<Envelope> {
+  message: MessageInfo;
+}

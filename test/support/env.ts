@@ -1,0 +1,2 @@
+process.env.METADATA_SERVER_DETECTION = 'none';
+process.env.LOG_LEVEL ??= 'silent';
