@@ -11,6 +11,7 @@ export type ErrorCode =
   | 'conflict'
   | 'too_large'
   | 'unsupported_media_type'
+  | 'range_not_satisfiable'
   | 'unavailable';
 
 export const STATUS: Record<ErrorCode, number> = {
@@ -21,6 +22,7 @@ export const STATUS: Record<ErrorCode, number> = {
   conflict: 409,
   too_large: 413,
   unsupported_media_type: 415,
+  range_not_satisfiable: 416,
   unavailable: 503,
 };
 

@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import { badRequest, conflict, notOwner, tooLarge } from './errors';
 import { msgidOf, type Msgid } from './ids';
-import { CHUNK_BYTES, type Commit, type Envelope, type Limits, type MessageInfo, type OwnerCheck } from './store';
+import { CHUNK_BYTES, CREATE_BATCH_MAX, type Commit, type Envelope, type Limits, type MessageInfo, type OwnerCheck } from './store';
 
 /** Checks every driver applies before it touches storage, so bad input writes nothing. */
 
@@ -20,6 +20,12 @@ export function toChunks(data: Buffer, first = 0): { index: number; data: Buffer
     chunks.push({ index: first + at / CHUNK_BYTES, data: data.subarray(at, at + CHUNK_BYTES) });
   }
   return chunks;
+}
+
+export function checkCreate(msgids: Msgid[]): void {
+  if (msgids.length === 0 || msgids.length > CREATE_BATCH_MAX) {
+    throw badRequest(`reserve 1 to ${CREATE_BATCH_MAX} msgids at once`, { count: msgids.length });
+  }
 }
 
 export function checkEnvelope(envelope: Envelope, limits: Limits): void {

@@ -8,6 +8,7 @@ import {
   byteRange,
   checkBody,
   checkCommit,
+  checkCreate,
   checkEnvelope,
   checkOwner,
   checkWrite,
@@ -63,8 +64,6 @@ const INDEXED: Record<string, readonly string[]> = {
 
 /** Datastore's 4 MiB request cap on the emulators, with room for keys and framing. */
 const WRITE_BATCH_BYTES = 3_500_000;
-/** The legacy emulator allows 25 entity groups per transaction; each msgid is two. */
-export const CREATE_BATCH_MAX = 12;
 const CHILD_KINDS = ['Chunk', 'Envelope'];
 const TX_ATTEMPTS = 5;
 const WALK_MESSAGES = 50;
@@ -96,6 +95,7 @@ export class DatastoreQueueStore implements QueueStore {
   }
 
   async messageCreate(msgids: Msgid[], owner: string): Promise<void> {
+    checkCreate(msgids);
     const unique = [...new Set(msgids)];
     await this.transaction(async (tx) => {
       const found = await this.lookup(tx, [...unique.map((m) => this.messageKey(m)), ...unique.map((m) => this.incomingKey(m))]);

@@ -5,6 +5,7 @@ import {
   byteRange,
   checkBody,
   checkCommit,
+  checkCreate,
   checkEnvelope,
   checkOwner,
   checkWrite,
@@ -52,6 +53,7 @@ export class MemoryQueueStore implements QueueStore {
   constructor(readonly limits: Limits = DEFAULT_LIMITS) {}
 
   async messageCreate(msgids: Msgid[], owner: string): Promise<void> {
+    checkCreate(msgids);
     const taken = msgids.filter((msgid) => {
       const m = this.messages.get(msgid);
       return m && (m.info.state !== 'incoming' || m.info.owner !== owner);

@@ -26,6 +26,7 @@ export interface QueueStore {
    * Reserves msgids as incoming messages of `owner`, all or none: if any id
    * is taken, throws conflict with `details.taken` and reserves nothing. An
    * id that `owner` already holds as incoming counts as reserved (a retry).
+   * At most CREATE_BATCH_MAX ids at once.
    */
   messageCreate(msgids: Msgid[], owner: string): Promise<void>;
 
@@ -102,6 +103,9 @@ export interface QueueStore {
 }
 
 export const CHUNK_BYTES = 1_000_000;
+
+/** Most msgids one messageCreate reserves (the legacy Datastore allows 25 entity groups per transaction). */
+export const CREATE_BATCH_MAX = 12;
 
 export type MessageState = 'incoming' | 'queued' | 'corrupt';
 

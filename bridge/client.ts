@@ -1,0 +1,320 @@
+import { setTimeout as sleep } from 'node:timers/promises';
+import { Agent, type Dispatcher } from 'undici';
+import { z } from 'zod';
+import { Responses, toEnvelopeJson, type FunctionName } from '../lib/api';
+import { TOKEN_HEADER } from '../lib/auth';
+import { QueueError, type ErrorCode } from '../lib/errors';
+import { b64 } from '../lib/http';
+import type { Evpid, Msgid } from '../lib/ids';
+import { sha256hex } from '../lib/rules';
+import {
+  CHUNK_BYTES,
+  DEFAULT_LIMITS,
+  type Commit,
+  type Envelope,
+  type Limits,
+  type MessageInfo,
+  type MessageWalk,
+  type OwnerCheck,
+  type Page,
+  type PageRequest,
+  type QueueStore,
+  type ReadRange,
+} from '../lib/store';
+
+/**
+ * The queue API over HTTP, as a QueueStore: what the bridge uses, and what
+ * the contract suite runs through to test the functions. Every call has a
+ * deadline and is retried with backoff on network errors and 5xx/429
+ * answers, within a time budget; that is safe because every operation of the
+ * API may be repeated.
+ */
+export interface ClientOptions {
+  /** Where the functions are: http://127.0.0.1:8080 or https://REGION-PROJECT.cloudfunctions.net */
+  baseUrl: string;
+  /** The shared token, if the service requires one. */
+  token?: string;
+  /** Sends the shared token in X-Queue-Token instead of Authorization (when Authorization carries an ID token). */
+  idToken?: (audience: string) => Promise<string>;
+  /** Deadline of one HTTP attempt. */
+  timeoutMs?: number;
+  /** How long a call may keep retrying before it fails. */
+  budgetMs?: number;
+  /** Bodies up to this size travel inside messageCommit; larger ones in messageWrite parts. */
+  inlineMax?: number;
+  limits?: Limits;
+  /** Told about every HTTP attempt (for counters). */
+  observe?: (fn: FunctionName, ms: number, status: number | 'error') => void;
+}
+
+const PART_BYTES = 8 * CHUNK_BYTES;
+const RETRY_STATUS = new Set([408, 429, 500, 502, 503, 504]);
+
+interface Call {
+  method: 'GET' | 'POST' | 'PUT';
+  query?: Record<string, string | number | undefined>;
+  json?: unknown;
+  bytes?: Buffer;
+  headers?: Record<string, string>;
+}
+
+interface Answer {
+  status: number;
+  headers: Record<string, string | string[] | undefined>;
+  body: Buffer;
+}
+
+export class HttpQueueStore implements QueueStore {
+  readonly limits: Limits;
+  private readonly agent: Agent;
+  private readonly base: string;
+  private readonly timeoutMs: number;
+  private readonly budgetMs: number;
+  private readonly inlineMax: number;
+
+  constructor(private readonly options: ClientOptions) {
+    this.limits = options.limits ?? DEFAULT_LIMITS;
+    this.base = options.baseUrl.replace(/\/+$/, '');
+    this.timeoutMs = options.timeoutMs ?? 10_000;
+    this.budgetMs = options.budgetMs ?? 30_000;
+    this.inlineMax = options.inlineMax ?? 4 * 1024 * 1024;
+    this.agent = new Agent({ keepAliveTimeout: 30_000, connections: 8 });
+  }
+
+  async messageCreate(msgids: Msgid[], owner: string): Promise<void> {
+    await this.json('messageCreate', Responses.messageCreate, { method: 'POST', json: { msgids, owner } });
+  }
+
+  async messageWrite(msgid: Msgid, offset: number, data: Buffer, owner: string): Promise<void> {
+    await this.call('messageWrite', { method: 'PUT', query: { msgid, offset, owner }, bytes: data });
+  }
+
+  async messageCommit(commit: Commit): Promise<{ created: boolean }> {
+    const { body, envelopes = [], ...rest } = commit;
+    const json = { ...rest, envelopes: envelopes.map(toEnvelopeJson) };
+    const inline = body !== undefined && body.length <= this.inlineMax;
+    if (body && !inline) await this.writeParts(commit.msgid, body, commit.owner);
+    const { created } = await this.json('messageCommit', Responses.messageCommit, {
+      method: 'POST',
+      json: inline ? { ...json, body: b64(body) } : json,
+    });
+    return { created };
+  }
+
+  async messageDelete(msgid: Msgid, check: OwnerCheck = {}): Promise<{ deleted: boolean }> {
+    const { deleted } = await this.json('messageDelete', Responses.messageDelete, { method: 'POST', json: { msgid, ...check } });
+    return { deleted };
+  }
+
+  async messageRead(msgid: Msgid, read: ReadRange & OwnerCheck = {}): Promise<{ info: MessageInfo; data: Buffer }> {
+    const query = { msgid, owner: read.owner };
+    const whole = read.offset === undefined && read.length === undefined;
+    const first = read.offset ?? 0;
+    const end = read.length === undefined ? Infinity : first + read.length;
+    if (end <= first) return { info: (await this.messageWalk(msgid, { limit: 1, owner: read.owner })).message, data: Buffer.alloc(0) };
+    const parts: Buffer[] = [];
+    let at = first;
+    let info: MessageInfo | undefined;
+    for (;;) {
+      const last = Math.min(at + PART_BYTES, end) - 1;
+      const answer = await this.call('messageFd', { method: 'GET', query, headers: { range: `bytes=${at}-${last}` } }, [416]);
+      if (answer.status === 416) break;
+      info = messageInfoOf(msgid, answer);
+      parts.push(answer.body);
+      at += answer.body.length;
+      if (answer.status === 200 || answer.body.length === 0 || at >= end || at >= (info.size ?? 0)) break;
+    }
+    info ??= (await this.messageWalk(msgid, { limit: 1, owner: read.owner })).message;
+    const data = Buffer.concat(parts);
+    if (whole && sha256hex(data) !== info.sha256) {
+      throw new QueueError('conflict', `message ${msgid} body does not match its sha256`, { msgid, reason: 'corrupt' });
+    }
+    return { info, data };
+  }
+
+  async messageWalk(msgid: Msgid, page: PageRequest & OwnerCheck = {}): Promise<MessageWalk> {
+    const answer = await this.json('messageWalk', Responses.messageWalk, {
+      method: 'GET',
+      query: { msgid, cursor: page.cursor, limit: page.limit, owner: page.owner },
+    });
+    return { message: answer.message, items: answer.envelopes, cursor: answer.cursor };
+  }
+
+  async messageCorrupt(msgid: Msgid, check: OwnerCheck = {}): Promise<MessageInfo> {
+    return (await this.json('messageCorrupt', Responses.messageState, { method: 'POST', json: { msgid, ...check } })).message;
+  }
+
+  async messageUncorrupt(msgid: Msgid, check: OwnerCheck = {}): Promise<MessageInfo> {
+    return (await this.json('messageUncorrupt', Responses.messageState, { method: 'POST', json: { msgid, ...check } })).message;
+  }
+
+  async envelopeCreate(envelope: Envelope, check: OwnerCheck = {}): Promise<{ created: boolean }> {
+    const { created } = await this.json('envelopeCreate', Responses.envelopeCreate, {
+      method: 'POST',
+      json: { ...toEnvelopeJson(envelope), ...check },
+    });
+    return { created };
+  }
+
+  async envelopeDelete(evpid: Evpid, check: OwnerCheck = {}): Promise<{ deleted: boolean; messageDeleted: boolean }> {
+    const { deleted, messageDeleted } = await this.json('envelopeDelete', Responses.envelopeDelete, {
+      method: 'POST',
+      json: { evpid, ...check },
+    });
+    return { deleted, messageDeleted };
+  }
+
+  async envelopeLoad(evpid: Evpid, check: OwnerCheck = {}): Promise<Buffer> {
+    return (await this.json('envelopeLoad', Responses.envelopeLoad, { method: 'GET', query: { evpid, owner: check.owner } })).data;
+  }
+
+  async envelopeUpdate(envelope: Envelope, check: OwnerCheck = {}): Promise<void> {
+    await this.call('envelopeUpdate', { method: 'POST', json: { ...toEnvelopeJson(envelope), ...check } });
+  }
+
+  async envelopeWalk(page: PageRequest & { owner?: string } = {}): Promise<Page<Envelope>> {
+    const answer = await this.json('envelopeWalk', Responses.envelopeWalk, {
+      method: 'GET',
+      query: { cursor: page.cursor, limit: page.limit, maxBytes: page.maxBytes, owner: page.owner },
+    });
+    return { items: answer.envelopes, cursor: answer.cursor };
+  }
+
+  async messagePurge(owner: string, keep: Msgid[] = []): Promise<number> {
+    return (await this.json('messagePurge', Responses.messagePurge, { method: 'POST', json: { owner, keep } })).purged;
+  }
+
+  async close(): Promise<void> {
+    await this.agent.close();
+  }
+
+  private async writeParts(msgid: Msgid, body: Buffer, owner: string): Promise<void> {
+    for (let at = 0; at < body.length; at += PART_BYTES) {
+      const part = body.subarray(at, at + PART_BYTES);
+      try {
+        await this.messageWrite(msgid, at, part, owner);
+      } catch (err) {
+        if (!(err instanceof QueueError)) throw err;
+        if (err.code === 'conflict' && err.details.reason !== 'not_owner') return; // committed already: let the commit say
+        if (err.code !== 'not_found' || at > 0) throw err;
+        await this.messageCreate([msgid], owner);
+        await this.messageWrite(msgid, at, part, owner);
+      }
+    }
+  }
+
+  private async json<S extends z.ZodType>(fn: FunctionName, shape: S, call: Call): Promise<z.output<S>> {
+    const answer = await this.call(fn, call);
+    return shape.parse(JSON.parse(answer.body.toString('utf8')));
+  }
+
+  /** One API call: attempts until an answer that is not worth retrying, or the budget is spent. */
+  private async call(fn: FunctionName, call: Call, accept: number[] = []): Promise<Answer> {
+    const deadline = Date.now() + this.budgetMs;
+    for (let attempt = 1; ; attempt++) {
+      let answer: Answer | undefined;
+      let failure: unknown;
+      const started = performance.now();
+      try {
+        answer = await this.attempt(fn, call);
+      } catch (err) {
+        failure = err;
+      }
+      this.options.observe?.(fn, performance.now() - started, answer?.status ?? 'error');
+      if (answer && (answer.status < 300 || accept.includes(answer.status))) return answer;
+      const retryable = !answer || RETRY_STATUS.has(answer.status);
+      const pause = Math.min(50 * 2 ** (attempt - 1), 2000) * (0.5 + Math.random() / 2);
+      if (!retryable || Date.now() + pause >= deadline) throw answer ? errorOf(fn, answer) : unreachable(fn, failure);
+      await sleep(pause);
+    }
+  }
+
+  private async attempt(fn: FunctionName, call: Call): Promise<Answer> {
+    const url = new URL(`${this.base}/${fn}`);
+    for (const [name, value] of Object.entries(call.query ?? {})) {
+      if (value !== undefined) url.searchParams.set(name, String(value));
+    }
+    const headers: Record<string, string> = { ...call.headers, ...(await this.credentials(`${this.base}/${fn}`)) };
+    let body: string | Buffer | undefined;
+    if (call.json !== undefined) {
+      headers['content-type'] = 'application/json';
+      body = JSON.stringify(call.json);
+    } else if (call.bytes) {
+      headers['content-type'] = 'application/octet-stream';
+      body = call.bytes;
+    }
+    const res = await this.agent.request({
+      origin: url.origin,
+      path: url.pathname + url.search,
+      method: call.method as Dispatcher.HttpMethod,
+      headers,
+      body,
+      signal: AbortSignal.timeout(this.timeoutMs),
+    });
+    const chunks: Buffer[] = [];
+    for await (const chunk of res.body) chunks.push(chunk as Buffer);
+    return { status: res.statusCode, headers: res.headers, body: Buffer.concat(chunks) };
+  }
+
+  private async credentials(audience: string): Promise<Record<string, string>> {
+    const headers: Record<string, string> = {};
+    if (this.options.idToken) {
+      headers.authorization = `Bearer ${await this.options.idToken(audience)}`;
+      if (this.options.token) headers[TOKEN_HEADER] = this.options.token;
+    } else if (this.options.token) {
+      headers.authorization = `Bearer ${this.options.token}`;
+    }
+    return headers;
+  }
+}
+
+const ErrorBody = z.object({ error: z.looseObject({ code: z.string(), message: z.string() }) });
+
+const KNOWN_CODES = new Set<string>([
+  'bad_request',
+  'unauthorized',
+  'not_found',
+  'method_not_allowed',
+  'conflict',
+  'too_large',
+  'unsupported_media_type',
+  'range_not_satisfiable',
+  'unavailable',
+]);
+
+function errorOf(fn: FunctionName, answer: Answer): Error {
+  let parsed: z.infer<typeof ErrorBody> | undefined;
+  try {
+    parsed = ErrorBody.parse(JSON.parse(answer.body.toString('utf8')));
+  } catch {
+    // not one of the service's answers (a proxy, a front end)
+  }
+  if (parsed && KNOWN_CODES.has(parsed.error.code)) {
+    const { code, message, ...details } = parsed.error;
+    return new QueueError(code as ErrorCode, message, details);
+  }
+  const text = parsed?.error.message ?? answer.body.toString('utf8').slice(0, 200);
+  if (answer.status >= 500) return new QueueError('unavailable', `${fn} answered ${answer.status}: ${text}`, { status: answer.status });
+  return new Error(`${fn} answered ${answer.status}: ${text}`);
+}
+
+function unreachable(fn: FunctionName, err: unknown): QueueError {
+  return new QueueError('unavailable', `${fn} did not answer: ${(err as Error)?.message ?? err}`, {});
+}
+
+function messageInfoOf(msgid: Msgid, answer: Answer): MessageInfo {
+  const header = (name: string) => {
+    const value = answer.headers[name];
+    return Array.isArray(value) ? value[0] : value;
+  };
+  const committed = header('x-queue-committed-at');
+  return {
+    msgid,
+    state: header('x-queue-state') === 'corrupt' ? 'corrupt' : 'queued',
+    owner: header('x-queue-owner') ?? '',
+    size: Number(header('x-queue-size')),
+    sha256: (header('etag') ?? '').replace(/"/g, ''),
+    createdAt: new Date(header('x-queue-created-at') ?? 0),
+    committedAt: committed ? new Date(committed) : null,
+  };
+}

@@ -1,0 +1,13 @@
+import { Requests } from '../lib/api';
+import { endpoint } from '../lib/http';
+import { service } from '../lib/service';
+
+/** ENVELOPE_UPDATE: replaces an envelope's bytes. */
+export const envelopeUpdate = endpoint(
+  'envelopeUpdate',
+  { method: 'POST', from: 'json', input: Requests.envelopeUpdate },
+  async ({ evpid, data, owner }) => {
+    await service().store.envelopeUpdate({ evpid, data }, { owner });
+    return { status: 200, json: { evpid } };
+  },
+);

@@ -1,0 +1,105 @@
+import { z } from 'zod';
+import { Base64, b64 } from './http';
+import { Evpid, Msgid, Owner } from './ids';
+import { CREATE_BATCH_MAX, PAGE_MAX, type Envelope, type MessageInfo } from './store';
+
+/**
+ * The HTTP shapes of the queue API, shared by the functions (which parse
+ * requests with them) and the client (which builds requests and reads
+ * answers). docs/api.md describes them for people.
+ */
+
+export const FUNCTION_NAMES = [
+  'messageCreate',
+  'messageWrite',
+  'messageCommit',
+  'messageDelete',
+  'messageFd',
+  'messageWalk',
+  'messageCorrupt',
+  'messageUncorrupt',
+  'messagePurge',
+  'envelopeCreate',
+  'envelopeDelete',
+  'envelopeLoad',
+  'envelopeUpdate',
+  'envelopeWalk',
+] as const;
+
+export type FunctionName = (typeof FUNCTION_NAMES)[number];
+
+export const EnvelopeJson = z.strictObject({ evpid: Evpid, data: Base64 });
+
+export const toEnvelopeJson = (e: Envelope) => ({ evpid: e.evpid, data: b64(e.data) });
+
+export const toMessageJson = (m: MessageInfo) => ({
+  msgid: m.msgid,
+  state: m.state,
+  owner: m.owner,
+  size: m.size,
+  sha256: m.sha256,
+  createdAt: m.createdAt.toISOString(),
+  committedAt: m.committedAt?.toISOString() ?? null,
+});
+
+export const MessageJson = z.object({
+  msgid: Msgid,
+  state: z.enum(['incoming', 'queued', 'corrupt']),
+  owner: z.string(),
+  size: z.number().nullable(),
+  sha256: z.string().nullable(),
+  createdAt: z.string().transform((s) => new Date(s)),
+  committedAt: z
+    .string()
+    .nullable()
+    .transform((s) => (s === null ? null : new Date(s))),
+});
+
+export const Sha256 = z.string().regex(/^[0-9a-f]{64}$/, 'sha256 must be 64 lowercase hex digits');
+
+/** Every function that names a message or envelope may say who asks. */
+const owned = { owner: Owner.optional() };
+
+const Limit = z.coerce.number().int().min(1).max(PAGE_MAX);
+
+export const Requests = {
+  messageCreate: z.strictObject({ msgids: z.array(Msgid).min(1).max(CREATE_BATCH_MAX), ...owned }),
+  messageWrite: z.strictObject({ msgid: Msgid, offset: z.string().regex(/^(0|[1-9][0-9]{0,10})$/).transform(Number), ...owned }),
+  messageCommit: z.strictObject({
+    msgid: Msgid,
+    size: z.number().int().nonnegative(),
+    sha256: Sha256,
+    body: Base64.optional(),
+    envelopes: z.array(EnvelopeJson).optional(),
+    ...owned,
+  }),
+  messageDelete: z.strictObject({ msgid: Msgid, ...owned }),
+  messageFd: z.strictObject({ msgid: Msgid, ...owned }),
+  messageWalk: z.strictObject({ msgid: Msgid, cursor: z.string().max(500).optional(), limit: Limit.optional(), ...owned }),
+  messageCorrupt: z.strictObject({ msgid: Msgid, ...owned }),
+  messageUncorrupt: z.strictObject({ msgid: Msgid, ...owned }),
+  messagePurge: z.strictObject({ owner: Owner, keep: z.array(Msgid).max(10_000).optional() }),
+  envelopeCreate: z.strictObject({ evpid: Evpid, data: Base64, ...owned }),
+  envelopeDelete: z.strictObject({ evpid: Evpid, ...owned }),
+  envelopeLoad: z.strictObject({ evpid: Evpid, ...owned }),
+  envelopeUpdate: z.strictObject({ evpid: Evpid, data: Base64, ...owned }),
+  envelopeWalk: z.strictObject({
+    cursor: z.string().max(500).optional(),
+    limit: Limit.optional(),
+    maxBytes: z.coerce.number().int().min(1).max(16 * 1024 * 1024).optional(),
+    ...owned,
+  }),
+} satisfies Record<FunctionName, z.ZodType>;
+
+export const Responses = {
+  messageCreate: z.object({ msgids: z.array(Msgid), owner: z.string(), state: z.literal('incoming') }),
+  messageCommit: z.object({ msgid: Msgid, created: z.boolean() }),
+  messageDelete: z.object({ msgid: Msgid, deleted: z.boolean() }),
+  messageWalk: z.object({ message: MessageJson, envelopes: z.array(EnvelopeJson), cursor: z.string().nullable() }),
+  messageState: z.object({ message: MessageJson }),
+  messagePurge: z.object({ purged: z.number() }),
+  envelopeCreate: z.object({ evpid: Evpid, created: z.boolean() }),
+  envelopeDelete: z.object({ evpid: Evpid, deleted: z.boolean(), messageDeleted: z.boolean() }),
+  envelopeLoad: z.object({ evpid: Evpid, data: Base64 }),
+  envelopeWalk: z.object({ envelopes: z.array(EnvelopeJson), cursor: z.string().nullable() }),
+};

@@ -1,0 +1,166 @@
+import * as functions from '@google-cloud/functions-framework';
+import type { HttpFunction, Request, Response } from '@google-cloud/functions-framework';
+import { z } from 'zod';
+import { authenticate } from './auth';
+import { ConfigError } from './config';
+import { QueueError, STATUS } from './errors';
+import type { BodyErrorRequest } from './json-errors';
+import './json-errors';
+import { createLogger } from './log';
+import { service } from './service';
+
+/**
+ * The one wrapper every function goes through: method, credentials, content
+ * type and input are checked before the function body runs, errors become
+ * JSON answers with their status, and each request makes one log line. It
+ * registers the function with functions-framework under its name.
+ */
+export type Method = 'GET' | 'POST' | 'PUT';
+
+export interface Reply {
+  status: number;
+  json?: unknown;
+  bytes?: Buffer;
+  headers?: Record<string, string>;
+}
+
+export interface EndpointSpec<S extends z.ZodType> {
+  method: Method;
+  /** Where the input is: the query string (GET), a JSON body, or the query string of a binary body. */
+  from: 'query' | 'json' | 'bytes';
+  input: S;
+}
+
+/** Largest JSON request: an 8 MB inline body in base64 plus its envelopes. */
+export const JSON_MAX_BYTES = 12 * 1024 * 1024;
+/** Largest binary request (a part of a body). */
+export const BYTES_MAX = 8_000_000;
+
+const log = createLogger({ name: 'queue' });
+
+const CONTENT_TYPE = { json: 'application/json', bytes: 'application/octet-stream' } as const;
+
+export function endpoint<S extends z.ZodType>(
+  name: string,
+  spec: EndpointSpec<S>,
+  run: (input: z.output<S>, req: Request) => Promise<Reply>,
+): HttpFunction {
+  const allowed = spec.method === 'GET' ? ['GET', 'HEAD'] : [spec.method];
+  const handler: HttpFunction = async (req: Request, res: Response) => {
+    const started = process.hrtime.bigint();
+    let reply: Reply;
+    let fields: Record<string, unknown> = {};
+    let failure: unknown;
+    try {
+      if (!allowed.includes(req.method)) {
+        throw new QueueError('method_not_allowed', `${name} takes ${spec.method}`, { allow: allowed.join(', ') });
+      }
+      authenticate(req.headers, service().config.auth);
+      const input = parseInput(spec, req);
+      fields = idsOf(input);
+      reply = await run(input, req);
+    } catch (err) {
+      failure = err;
+      reply = errorReply(err);
+    }
+    send(res, reply);
+    const latency = Number(process.hrtime.bigint() - started) / 1e9;
+    const line = {
+      function: name,
+      ...fields,
+      latencyMs: Math.round(latency * 1e4) / 10,
+      httpRequest: {
+        requestMethod: req.method,
+        requestUrl: req.originalUrl,
+        status: reply.status,
+        latency: `${latency.toFixed(6)}s`,
+        requestSize: String(req.rawBody?.length ?? 0),
+        userAgent: req.get('user-agent'),
+        remoteIp: req.ip,
+      },
+    };
+    const message = `${req.method} ${name} ${reply.status}`;
+    if (reply.status >= 500) log.error({ ...line, err: failure }, message);
+    else if (reply.status >= 400) log.warn({ ...line, error: (failure as Error).message }, message);
+    else log.info(line, message);
+  };
+  functions.http(name, handler);
+  return handler;
+}
+
+function parseInput<S extends z.ZodType>(spec: EndpointSpec<S>, req: Request): z.output<S> {
+  let raw: unknown = req.query;
+  if (spec.from !== 'query') {
+    const bodyError = (req as BodyErrorRequest).bodyError;
+    if (bodyError?.type === 'entity.too.large') throw new QueueError('too_large', 'request body is too large');
+    if (bodyError) throw new QueueError('bad_request', `request body is not valid JSON: ${bodyError.message}`);
+    const type = CONTENT_TYPE[spec.from];
+    if (!req.is(type)) {
+      throw new QueueError('unsupported_media_type', `send the request body as ${type}`, { contentType: req.get('content-type') ?? null });
+    }
+    const limit = spec.from === 'json' ? JSON_MAX_BYTES : BYTES_MAX;
+    if ((req.rawBody?.length ?? 0) > limit) {
+      throw new QueueError('too_large', `request body is more than ${limit} bytes`, { limit });
+    }
+    if (spec.from === 'json') {
+      if (Object.keys(req.query).length > 0) throw new QueueError('bad_request', 'this function takes no query parameters');
+      raw = req.body;
+    }
+  }
+  const parsed = spec.input.safeParse(raw);
+  if (!parsed.success) {
+    throw new QueueError('bad_request', 'invalid request', {
+      issues: parsed.error.issues.map((i) => ({ path: i.path.join('.'), message: i.message })),
+    });
+  }
+  return parsed.data;
+}
+
+function errorReply(err: unknown): Reply {
+  if (err instanceof QueueError) {
+    const headers: Record<string, string> = {};
+    if (err.code === 'unauthorized') headers['www-authenticate'] = 'Bearer realm="opensmtpd-queue"';
+    if (err.code === 'method_not_allowed') headers.allow = String(err.details.allow);
+    if (err.code === 'unavailable') headers['retry-after'] = '1';
+    const { allow: _allow, ...details } = err.details;
+    return { status: STATUS[err.code], headers, json: { error: { code: err.code, message: err.message, ...details } } };
+  }
+  if (err instanceof ConfigError) {
+    return { status: 500, json: { error: { code: 'misconfigured', message: 'the service is misconfigured; see its log' } } };
+  }
+  return { status: 500, json: { error: { code: 'internal', message: 'internal error; see the service log' } } };
+}
+
+function send(res: Response, reply: Reply): void {
+  res.status(reply.status);
+  for (const [name, value] of Object.entries(reply.headers ?? {})) res.set(name, value);
+  res.set('cache-control', 'no-store');
+  if (reply.bytes) {
+    res.type('application/octet-stream').send(reply.bytes);
+  } else if (reply.json === undefined) {
+    res.end();
+  } else {
+    res.json(reply.json);
+  }
+}
+
+function idsOf(input: unknown): Record<string, unknown> {
+  if (typeof input !== 'object' || input === null) return {};
+  const { msgid, evpid, owner } = input as Record<string, unknown>;
+  const msgids = (input as { msgids?: unknown }).msgids;
+  return Object.fromEntries(Object.entries({ msgid, evpid, owner, msgids }).filter(([, v]) => v !== undefined));
+}
+
+/** Bytes travel in JSON as base64. */
+export const Base64 = z
+  .string()
+  .regex(/^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/, 'must be base64')
+  .transform((s) => Buffer.from(s, 'base64'));
+
+/** A whole number in a query string. */
+export const QueryInt = z
+  .string()
+  .regex(/^(0|[1-9][0-9]{0,14})$/, 'must be a whole number')
+  .transform(Number);
+
+export const b64 = (data: Buffer) => data.toString('base64');

@@ -1,0 +1,37 @@
+import http from 'node:http';
+import { getTestServer } from '@google-cloud/functions-framework/testing';
+import { FUNCTION_NAMES } from './api';
+
+/**
+ * All queue functions in one HTTP server, each at /<functionName>, the same
+ * paths as the deployed https://REGION-PROJECT.cloudfunctions.net/<name>.
+ * functions-framework serves one function per process, so this routes each
+ * request to the framework's own request handler for that function: the same
+ * body parsing and handler code as a deployed function. The functions must
+ * be registered first (import functions/index).
+ */
+export function createQueueServer(): http.Server {
+  const handlers = new Map<string, http.RequestListener>();
+  for (const name of FUNCTION_NAMES) {
+    handlers.set(name, getTestServer(name).listeners('request')[0] as http.RequestListener);
+  }
+  return http.createServer((req, res) => {
+    const match = /^\/([A-Za-z]+)(\/[^?]*)?(\?.*)?$/.exec(req.url ?? '/');
+    const handler = match && handlers.get(match[1]);
+    if (!match || !handler) {
+      res.writeHead(404, { 'content-type': 'application/json' });
+      res.end(JSON.stringify({ error: { code: 'not_found', message: 'no such function', functions: FUNCTION_NAMES } }));
+      return;
+    }
+    req.url = (match[2] ?? '/') + (match[3] ?? '');
+    handler(req, res);
+  });
+}
+
+export async function listen(server: http.Server, port: number, host: string): Promise<number> {
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(port, host, () => resolve());
+  });
+  return (server.address() as { port: number }).port;
+}
