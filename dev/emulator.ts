@@ -17,7 +17,7 @@ export interface EmulatorOptions {
   port?: number;
   /** Legacy emulator only: fail queries that need an index not in this index.yaml. */
   indexFile?: string;
-  /** Firestore emulator only: load this export at start and write one on exit. */
+  /** Legacy emulator only: keep the data in this folder, across restarts (created if missing). */
   dataDir?: string;
   heapMb?: number;
 }
@@ -83,11 +83,14 @@ export async function startEmulator(options: EmulatorOptions = {}): Promise<Emul
   const args = [`-Xmx${options.heapMb ?? 512}m`, '-Duser.language=en', '-cp', jar, JARS[kind].main, 'start', '--host=127.0.0.1', `--port=${port}`];
   if (kind === 'firestore') {
     args.push('--database-mode=datastore-mode');
-    if (options.dataDir) {
-      args.push(`--export-on-exit=${options.dataDir}`);
-      const metadata = path.join(options.dataDir, `${path.basename(options.dataDir)}.overall_export_metadata`);
-      if (existsSync(metadata)) args.push(`--import-data=${metadata}`);
+  } else if (options.dataDir) {
+    // the Firestore emulator cannot export Datastore-mode data; the legacy one keeps it on disk
+    const dir = path.resolve(options.dataDir);
+    if (!existsSync(path.join(dir, 'WEB-INF'))) {
+      const created = spawnSync('java', ['-cp', jar, JARS[kind].main, 'create', dir], { encoding: 'utf8' });
+      if (created.status !== 0) throw new Error(`cannot create emulator data in ${dir}: ${created.stderr}`);
     }
+    args.push('--store_on_disk=true', '--consistency=1.0', dir);
   } else {
     args.push('--testing');
     if (options.indexFile) args.push('--require_indexes', `--index_file=${path.resolve(options.indexFile)}`);

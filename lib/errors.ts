@@ -31,8 +31,9 @@ export class QueueError extends Error {
     readonly code: ErrorCode,
     message: string,
     readonly details: Record<string, unknown> = {},
+    options?: { cause?: unknown },
   ) {
-    super(message);
+    super(message, options);
     this.name = 'QueueError';
   }
 }
@@ -49,8 +50,8 @@ export const conflict = (message: string, details?: Record<string, unknown>) =>
 export const tooLarge = (message: string, details?: Record<string, unknown>) =>
   new QueueError('too_large', message, details);
 
-export const unavailable = (message: string, details?: Record<string, unknown>) =>
-  new QueueError('unavailable', message, details);
+export const unavailable = (message: string, details?: Record<string, unknown>, cause?: unknown) =>
+  new QueueError('unavailable', message, details, { cause });
 
 /** A refused mutation or read by an instance that does not own the message. */
 export const notOwner = (msgid: string) =>

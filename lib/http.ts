@@ -71,7 +71,7 @@ export function endpoint<S extends z.ZodType>(
       latencyMs: Math.round(latency * 1e4) / 10,
       httpRequest: {
         requestMethod: req.method,
-        requestUrl: req.originalUrl,
+        requestUrl: `/${name}${queryOf(req.originalUrl)}`,
         status: reply.status,
         latency: `${latency.toFixed(6)}s`,
         requestSize: String(req.rawBody?.length ?? 0),
@@ -142,6 +142,11 @@ function send(res: Response, reply: Reply): void {
   } else {
     res.json(reply.json);
   }
+}
+
+function queryOf(url: string): string {
+  const at = url.indexOf('?');
+  return at < 0 ? '' : url.slice(at);
 }
 
 function idsOf(input: unknown): Record<string, unknown> {

@@ -1,5 +1,5 @@
 import { setTimeout as sleep } from 'node:timers/promises';
-import { Datastore, DatastoreClient, PropertyFilter, and, type Key, type Transaction } from '@google-cloud/datastore';
+import { Datastore, DatastoreClient, PropertyFilter, and, type Key, type Query, type Transaction } from '@google-cloud/datastore';
 import type { google } from '@google-cloud/datastore/build/protos/protos';
 import { decodeCursor, encodeCursor, pageBudget } from './cursor';
 import { conflict, notFound, QueueError, unavailable } from './errors';
@@ -65,7 +65,8 @@ const INDEXED: Record<string, readonly string[]> = {
 /** Datastore's 4 MiB request cap on the emulators, with room for keys and framing. */
 const WRITE_BATCH_BYTES = 3_500_000;
 const CHILD_KINDS = ['Chunk', 'Envelope'];
-const TX_ATTEMPTS = 5;
+/** A transaction aborted by contention is run again this many times, with backoff, before it answers unavailable. */
+const TX_ATTEMPTS = 10;
 const WALK_MESSAGES = 50;
 const WALK_PARALLEL = 8;
 const WALK_ENVELOPES_PER_QUERY = 200;
@@ -218,15 +219,15 @@ export class DatastoreQueueStore implements QueueStore {
   async envelopeDelete(evpid: Evpid, check?: OwnerCheck): Promise<{ deleted: boolean; messageDeleted: boolean }> {
     const msgid = msgidOf(evpid);
     return this.transaction(async (tx) => {
-      const [found, [others]] = await Promise.all([
+      const [found, others] = await Promise.all([
         this.lookup(tx, [this.messageKey(msgid), this.incomingKey(msgid), this.envelopeKey(evpid)]),
-        tx.runQuery(this.envelopeQuery(msgid).select('__key__').limit(2), { gaxOptions: this.gax }),
+        this.query(tx, this.envelopeQuery(msgid).select('__key__').limit(2)),
       ]);
       const stored = found.get(this.messageKey(msgid)) ?? found.get(this.incomingKey(msgid));
       if (!stored) return { deleted: false, messageDeleted: false };
       checkOwner({ msgid, owner: String(stored.owner) }, check);
       const deleted = found.has(this.envelopeKey(evpid));
-      const isLast = !(others as Stored[]).some((row) => row[Datastore.KEY].name !== evpid);
+      const isLast = !others.some((row) => row[Datastore.KEY].name !== evpid);
       if (found.has(this.messageKey(msgid)) && isLast) {
         tx.delete([...(await this.descendants(tx, msgid)), this.messageKey(msgid)]);
         return { deleted, messageDeleted: true };
@@ -294,12 +295,9 @@ export class DatastoreQueueStore implements QueueStore {
 
   async messagePurge(owner: string, keep: Msgid[] = []): Promise<number> {
     const kept = new Set(keep);
-    const [rows] = await this.ds.runQuery(
-      this.ds.createQuery('Incoming').filter(new PropertyFilter('owner', '=', owner)).select('__key__'),
-      { gaxOptions: this.gax },
-    );
+    const rows = await this.query(this.ds, this.ds.createQuery('Incoming').filter(new PropertyFilter('owner', '=', owner)).select('__key__'));
     let purged = 0;
-    for (const row of rows as Stored[]) {
+    for (const row of rows) {
       const msgid = row[Datastore.KEY].name!;
       if (kept.has(msgid)) continue;
       const removed = await this.transaction(async (tx) => {
@@ -422,9 +420,9 @@ export class DatastoreQueueStore implements QueueStore {
   private async envelopesOf(msgid: Msgid, after: Evpid | undefined, limit: number) {
     let query = this.envelopeQuery(msgid).order('__key__').limit(limit);
     if (after) query = query.filter(new PropertyFilter('__key__', '>', this.envelopeKey(after)));
-    const [rows] = await this.ds.runQuery(query, { gaxOptions: this.gax });
+    const rows = await this.query(this.ds, query);
     return {
-      rows: (rows as Stored[]).map((row) => ({
+      rows: rows.map((row) => ({
         evpid: row[Datastore.KEY].name!,
         data: row.data as Buffer,
         createdAt: row.createdAt as Date,
@@ -437,9 +435,7 @@ export class DatastoreQueueStore implements QueueStore {
     const filters: PropertyFilter<string>[] = [new PropertyFilter('state', '=', 'queued')];
     if (owner !== undefined) filters.push(new PropertyFilter('owner', '=', owner));
     if (from) filters.push(new PropertyFilter('__key__', '>=', this.messageKey(from)));
-    const query = this.ds.createQuery('Message').filter(and(filters)).order('__key__').limit(limit);
-    const [rows] = await this.ds.runQuery(query, { gaxOptions: this.gax });
-    return rows as Stored[];
+    return this.query(this.ds, this.ds.createQuery('Message').filter(and(filters)).order('__key__').limit(limit));
   }
 
   private envelopeQuery(msgid: Msgid) {
@@ -450,11 +446,9 @@ export class DatastoreQueueStore implements QueueStore {
   private async descendants(tx: Transaction, msgid: Msgid): Promise<Key[]> {
     // one query per kind: the Firestore emulator fails kindless queries in a transaction
     const results = await Promise.all(
-      CHILD_KINDS.map((kind) =>
-        tx.runQuery(this.ds.createQuery(kind).hasAncestor(this.messageKey(msgid)).select('__key__'), { gaxOptions: this.gax }),
-      ),
+      CHILD_KINDS.map((kind) => this.query(tx, this.ds.createQuery(kind).hasAncestor(this.messageKey(msgid)).select('__key__'))),
     );
-    return results.flatMap(([rows]) => (rows as Stored[]).map((row) => row[Datastore.KEY]));
+    return results.flatMap((rows) => rows.map((row) => row[Datastore.KEY]));
   }
 
   private async transaction<T>(work: (tx: Transaction) => Promise<T>): Promise<T> {
@@ -467,8 +461,8 @@ export class DatastoreQueueStore implements QueueStore {
         return result;
       } catch (err) {
         await tx.rollback().catch(() => undefined);
-        if (grpcCode(err) === ABORTED && attempt < TX_ATTEMPTS) {
-          await sleep(20 * 2 ** attempt * Math.random());
+        if (isAborted(err) && attempt < TX_ATTEMPTS) {
+          await sleep(Math.min(1000, 25 * 2 ** attempt) * (0.5 + Math.random() / 2));
           continue;
         }
         throw storageError(err);
@@ -482,6 +476,15 @@ export class DatastoreQueueStore implements QueueStore {
       const found = new KeyMap();
       for (const row of rows as Stored[]) found.set(row[Datastore.KEY], row);
       return found;
+    } catch (err) {
+      throw storageError(err);
+    }
+  }
+
+  private async query(reader: Datastore | Transaction, query: Query): Promise<Stored[]> {
+    try {
+      const [rows] = await reader.runQuery(query, { gaxOptions: this.gax });
+      return rows as Stored[];
     } catch (err) {
       throw storageError(err);
     }
@@ -620,11 +623,16 @@ function grpcCode(err: unknown): number | undefined {
   return typeof code === 'number' ? code : undefined;
 }
 
+/** Contention: the transaction may succeed if run again. Reads inside it report it already wrapped. */
+function isAborted(err: unknown): boolean {
+  return grpcCode(err) === ABORTED || (err instanceof QueueError && err.details.grpcCode === ABORTED);
+}
+
 function storageError(err: unknown): unknown {
   if (err instanceof QueueError) return err;
   const code = grpcCode(err);
   if (code !== undefined && UNAVAILABLE_CODES.has(code)) {
-    return unavailable(`storage unavailable (${(err as Error).message.split('\n')[0]})`, { grpcCode: code });
+    return unavailable(`storage unavailable (gRPC status ${code}); try again`, { grpcCode: code }, err);
   }
   return err;
 }
