@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto';
+import '../functions';
 import { HttpQueueStore } from '../bridge/client';
 import { Stats } from '../bridge/stats';
 import { startEmulator } from '../dev/emulator';
@@ -45,8 +46,6 @@ async function messageCycle(store: QueueStore, stats: Stats, body: Buffer): Prom
 }
 
 export async function benchService(iterations: number): Promise<{ table: string; results: unknown }> {
-  // registers the functions, after the caller set LOG_LEVEL
-  await import('../functions');
   const emulator = await startEmulator({ kind: 'firestore' });
   const namespace = `bench-${randomBytes(3).toString('hex')}`;
   const direct = new DatastoreQueueStore({ apiEndpoint: emulator.host, projectId: 'bench', namespace });

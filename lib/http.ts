@@ -6,7 +6,7 @@ import { ConfigError } from './config';
 import { QueueError, STATUS } from './errors';
 import type { BodyErrorRequest } from './json-errors';
 import './json-errors';
-import { createLogger } from './log';
+import { createLogger, type Logger } from './log';
 import { service } from './service';
 
 /**
@@ -36,7 +36,9 @@ export const JSON_MAX_BYTES = 12 * 1024 * 1024;
 /** Largest binary request (a part of a body). */
 export const BYTES_MAX = 8_000_000;
 
-const log = createLogger({ name: 'queue' });
+let log: Logger | undefined;
+/** Made on first use, so that LOG_LEVEL set by an embedding program counts. */
+const logger = (): Logger => (log ??= createLogger({ name: 'queue' }));
 
 const CONTENT_TYPE = { json: 'application/json', bytes: 'application/octet-stream' } as const;
 
@@ -80,9 +82,9 @@ export function endpoint<S extends z.ZodType>(
       },
     };
     const message = `${req.method} ${name} ${reply.status}`;
-    if (reply.status >= 500) log.error({ ...line, err: failure }, message);
-    else if (reply.status >= 400) log.warn({ ...line, error: (failure as Error).message }, message);
-    else log.info(line, message);
+    if (reply.status >= 500) logger().error({ ...line, err: failure }, message);
+    else if (reply.status >= 400) logger().warn({ ...line, error: (failure as Error).message }, message);
+    else logger().info(line, message);
   };
   functions.http(name, handler);
   return handler;

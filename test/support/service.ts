@@ -1,4 +1,3 @@
-import type { AddressInfo } from 'node:net';
 import '../../functions';
 import { HttpQueueStore, type ClientOptions } from '../../bridge/client';
 import type { ServiceConfig } from '../../lib/config';
@@ -22,15 +21,18 @@ export function testConfig(limits: Limits = DEFAULT_LIMITS, auth: ServiceConfig[
  * Every function served on a loopback port, on a store of the test's own.
  * The functions read their store from lib/service, so one runs at a time.
  */
-export async function startService(options: { store?: QueueStore; limits?: Limits; auth?: ServiceConfig['auth'] } = {}) {
+export async function startService(
+  options: { store?: QueueStore; limits?: Limits; auth?: ServiceConfig['auth']; namespace?: string; port?: number } = {},
+) {
   const limits = options.limits ?? DEFAULT_LIMITS;
-  const store = options.store ?? firestoreStore(limits);
+  const store = options.store ?? firestoreStore(limits, options.namespace);
   useService({ config: testConfig(limits, options.auth), store });
   const server = createQueueServer();
-  const port = await listen(server, 0, '127.0.0.1');
-  const baseUrl = `http://127.0.0.1:${(server.address() as AddressInfo).port ?? port}`;
+  const port = await listen(server, options.port ?? 0, '127.0.0.1');
+  const baseUrl = `http://127.0.0.1:${port}`;
   return {
     baseUrl,
+    port,
     store,
     client: (extra: Partial<ClientOptions> = {}) => new HttpQueueStore({ baseUrl, token: TEST_TOKEN, limits, ...extra }),
     async stop() {

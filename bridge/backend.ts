@@ -1,0 +1,334 @@
+import { setTimeout as sleep } from 'node:timers/promises';
+import { LRUCache } from 'lru-cache';
+import { QueueError } from '../lib/errors';
+import { msgidOf, randomEvpid, randomMsgid, type Evpid, type Msgid } from '../lib/ids';
+import type { Logger } from '../lib/log';
+import { sha256hex } from '../lib/rules';
+import { CREATE_BATCH_MAX, type Envelope, type QueueStore } from '../lib/store';
+import { BodyFiles, readAllAndClose } from './bodyfile';
+import { ENVELOPE_BUFFER, PROC_QUEUE_API_VERSION, type QueueBackend } from './protocol';
+
+export interface BackendOptions {
+  store: QueueStore;
+  /** This instance: the owner of every message it accepts. */
+  owner: string;
+  log: Logger;
+  /** Folder for the unlinked files MESSAGE_FD_R hands out. */
+  tmpDir: string;
+  /** Bodies just committed are kept for their first delivery, up to this many bytes in all. */
+  cacheBytes?: number;
+  /** How long INIT may wait for the start-up work (purge, first reservations, first walk page). */
+  initWaitMs?: number;
+}
+
+const RESERVE_LOW = 4;
+const WALK_PAGE = 200;
+const WALK_WAIT_MS = 50;
+const DELETE_RETRY_MS = 5_000;
+
+/**
+ * The queue as smtpd sees it, on top of the queue API. What makes it one
+ * HTTP round trip per accepted message:
+ * - msgids are reserved with the service ahead of time, 12 per request, in
+ *   the background, so MESSAGE_CREATE usually needs no request;
+ * - the envelopes of an incoming message are held here (smtpd never reads
+ *   them before the commit) and go with MESSAGE_COMMIT, whose body travels
+ *   inline: one atomic request;
+ * - the body just committed is kept for the first delivery's MESSAGE_FD_R.
+ * Every failure is thrown to the protocol layer, which answers smtpd with a
+ * failure it can take.
+ */
+export class Backend implements QueueBackend {
+  private readonly store: QueueStore;
+  private readonly owner: string;
+  private readonly log: Logger;
+  private readonly files: BodyFiles;
+  private readonly bodies: LRUCache<Msgid, Buffer>;
+  private readonly initWaitMs: number;
+  private reserved: Msgid[] = [];
+  private reserving?: Promise<void>;
+  /** Envelopes of messages smtpd is receiving, until their commit. */
+  private readonly incoming = new Map<Msgid, Map<Evpid, Buffer>>();
+  /** Deletes that failed, retried in the background (a rollback that fails leaves a message smtpd gave up on). */
+  private readonly pendingDeletes = new Set<Msgid>();
+  private readonly walk = new StartupWalk();
+  private closed = false;
+
+  constructor(options: BackendOptions) {
+    this.store = options.store;
+    this.owner = options.owner;
+    this.log = options.log;
+    this.files = new BodyFiles(options.tmpDir);
+    this.initWaitMs = options.initWaitMs ?? 3_000;
+    const max = options.cacheBytes ?? 64 * 1024 * 1024;
+    this.bodies = new LRUCache({ maxSize: Math.max(max, 1), sizeCalculation: (body) => Math.max(body.length, 1), maxEntrySize: Math.max(max / 4, 1) });
+  }
+
+  async init(version: number): Promise<void> {
+    if (version !== PROC_QUEUE_API_VERSION) this.log.warn({ version }, `smtpd speaks queue API version ${version}, this bridge ${PROC_QUEUE_API_VERSION}`);
+    this.walk.start(this.store, this.owner, this.log);
+    const startup = (async () => {
+      try {
+        const purged = await this.store.messagePurge(this.owner, []);
+        if (purged > 0) this.log.info({ purged }, `purged ${purged} uncommitted messages left by an earlier run`);
+      } catch (err) {
+        this.log.warn({ err }, 'could not purge uncommitted messages of an earlier run; they stay until the next start');
+      }
+      this.refill();
+      await Promise.all([this.reserving, this.walk.firstPage()]);
+    })();
+    await within(startup, this.initWaitMs);
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    await this.flushDeletes();
+    const unused = this.reserved.splice(0);
+    if (unused.length > 0) {
+      await this.store.messagePurge(this.owner, [...this.incoming.keys()]).catch((err: unknown) => {
+        this.log.warn({ err }, 'could not release reserved msgids; the next start purges them');
+      });
+    }
+  }
+
+  async messageCreate(): Promise<Msgid> {
+    if (this.reserved.length <= RESERVE_LOW) this.refill();
+    if (this.reserved.length === 0) await this.reserving;
+    const msgid = this.reserved.shift();
+    if (!msgid) throw new Error('no msgid reserved: the queue service is unavailable');
+    this.incoming.set(msgid, new Map());
+    return msgid;
+  }
+
+  async messageDelete(msgid: Msgid): Promise<boolean> {
+    this.incoming.delete(msgid);
+    this.bodies.delete(msgid);
+    try {
+      await this.store.messageDelete(msgid, { owner: this.owner });
+      return true;
+    } catch (err) {
+      this.pendingDeletes.add(msgid);
+      this.log.warn({ err, msgid }, `rollback of ${msgid} failed; retrying in the background`);
+      setTimeout(() => void this.flushDeletes(), DELETE_RETRY_MS).unref();
+      return false;
+    }
+  }
+
+  async messageCommit(msgid: Msgid, fd: number): Promise<boolean> {
+    const body = readAllAndClose(fd);
+    const held = this.incoming.get(msgid) ?? new Map<Evpid, Buffer>();
+    const envelopes: Envelope[] = [...held].map(([evpid, data]) => ({ evpid, data }));
+    for (const e of envelopes) this.walk.exclude(e.evpid);
+    await this.store.messageCommit({ msgid, owner: this.owner, size: body.length, sha256: sha256hex(body), body, envelopes });
+    this.incoming.delete(msgid);
+    this.bodies.set(msgid, body);
+    return true;
+  }
+
+  async messageFd(msgid: Msgid): Promise<number> {
+    const body = this.bodies.get(msgid) ?? (await this.store.messageRead(msgid, { owner: this.owner })).data;
+    return this.files.open(body);
+  }
+
+  async envelopeCreate(msgid: Msgid, data: Buffer): Promise<Evpid> {
+    const held = this.incoming.get(msgid);
+    if (held) {
+      let evpid = randomEvpid(msgid);
+      while (held.has(evpid)) evpid = randomEvpid(msgid);
+      held.set(evpid, Buffer.from(data));
+      return evpid;
+    }
+    // a committed message: smtpd adds bounces to the original
+    for (let attempt = 1; ; attempt++) {
+      const evpid = randomEvpid(msgid);
+      this.walk.exclude(evpid);
+      try {
+        await this.store.envelopeCreate({ evpid, data }, { owner: this.owner });
+        return evpid;
+      } catch (err) {
+        const clash = err instanceof QueueError && err.code === 'conflict' && err.details.reason === undefined;
+        if (!clash || attempt === 3) throw err;
+      }
+    }
+  }
+
+  async envelopeDelete(evpid: Evpid): Promise<boolean> {
+    const msgid = msgidOf(evpid);
+    const held = this.incoming.get(msgid);
+    if (held) return held.delete(evpid);
+    const { messageDeleted } = await this.store.envelopeDelete(evpid, { owner: this.owner });
+    if (messageDeleted) this.bodies.delete(msgid);
+    return true;
+  }
+
+  async envelopeLoad(evpid: Evpid): Promise<Buffer> {
+    const held = this.incoming.get(msgidOf(evpid))?.get(evpid);
+    return held ?? this.store.envelopeLoad(evpid, { owner: this.owner });
+  }
+
+  async envelopeUpdate(evpid: Evpid, data: Buffer): Promise<boolean> {
+    const held = this.incoming.get(msgidOf(evpid));
+    if (held?.has(evpid)) {
+      held.set(evpid, Buffer.from(data));
+      return true;
+    }
+    await this.store.envelopeUpdate({ evpid, data }, { owner: this.owner });
+    return true;
+  }
+
+  envelopeWalk(): Promise<{ evpid: Evpid; data: Buffer } | 'again' | 'done'> {
+    return this.walk.next();
+  }
+
+  /** Reserves another batch of msgids in the background, one batch at a time. */
+  private refill(): void {
+    if (this.reserving || this.closed) return;
+    this.reserving = (async () => {
+      for (let attempt = 1; attempt <= 3; attempt++) {
+        const known = new Set([...this.reserved, ...this.incoming.keys()]);
+        const batch = new Set<Msgid>();
+        while (batch.size < CREATE_BATCH_MAX) {
+          const msgid = randomMsgid();
+          if (!known.has(msgid)) batch.add(msgid);
+        }
+        try {
+          await this.store.messageCreate([...batch], this.owner);
+          this.reserved.push(...batch);
+          return;
+        } catch (err) {
+          const taken = err instanceof QueueError && err.code === 'conflict';
+          if (!taken || attempt === 3) {
+            this.log.warn({ err }, 'could not reserve msgids');
+            return;
+          }
+        }
+      }
+    })().finally(() => {
+      this.reserving = undefined;
+    });
+  }
+
+  private async flushDeletes(): Promise<void> {
+    for (const msgid of [...this.pendingDeletes]) {
+      try {
+        await this.store.messageDelete(msgid, { owner: this.owner });
+        this.pendingDeletes.delete(msgid);
+      } catch (err) {
+        this.log.warn({ err, msgid }, `rollback of ${msgid} failed again`);
+      }
+    }
+    if (this.pendingDeletes.size > 0 && !this.closed) setTimeout(() => void this.flushDeletes(), DELETE_RETRY_MS).unref();
+  }
+}
+
+/**
+ * smtpd's start-up walk: it asks for one envelope at a time, every 10 µs,
+ * between other work, until it gets -1. Pages are fetched ahead in the
+ * background; when none is ready the answer is "nothing this time" after a
+ * short wait, so smtpd neither blocks nor spins. Envelopes are handed out
+ * once each, and never one that this bridge created after INIT (smtpd
+ * already has those).
+ */
+class StartupWalk {
+  private store?: QueueStore;
+  private owner = '';
+  private log?: Logger;
+  private buffer: Envelope[] = [];
+  private cursor: string | null | undefined;
+  private fetching?: Promise<void>;
+  private failures = 0;
+  private retryAt = 0;
+  private finished = false;
+  private readonly handedOut = new Set<Evpid>();
+  private readonly excluded = new Set<Evpid>();
+
+  start(store: QueueStore, owner: string, log: Logger): void {
+    this.store = store;
+    this.owner = owner;
+    this.log = log;
+    this.fetch();
+  }
+
+  /** An envelope smtpd learnt of live; while the walk runs it must not hand it out again. */
+  exclude(evpid: Evpid): void {
+    if (!this.finished) this.excluded.add(evpid);
+  }
+
+  /** Resolves once the first page is in (or failed): its request fixes the walk's snapshot time. */
+  async firstPage(): Promise<void> {
+    await this.fetching;
+  }
+
+  async next(): Promise<{ evpid: Evpid; data: Buffer } | 'again' | 'done'> {
+    if (!this.store) {
+      await sleep(WALK_WAIT_MS);
+      return 'again';
+    }
+    for (;;) {
+      const e = this.take();
+      if (e) return e;
+      if (this.finished || (this.cursor === null && !this.fetching)) return this.finish();
+      if (!this.fetching) {
+        const wait = this.retryAt - Date.now();
+        if (wait > 0) {
+          await sleep(Math.min(wait, 100));
+          return 'again';
+        }
+        this.fetch();
+      }
+      const arrived = await Promise.race([this.fetching!.then(() => true), sleep(WALK_WAIT_MS).then(() => false)]);
+      if (!arrived) return 'again';
+    }
+  }
+
+  private take(): { evpid: Evpid; data: Buffer } | undefined {
+    while (this.buffer.length > 0) {
+      const e = this.buffer.shift()!;
+      if (this.excluded.has(e.evpid) || this.handedOut.has(e.evpid)) continue;
+      if (e.data.length === 0 || e.data.length > ENVELOPE_BUFFER) {
+        this.log?.error({ evpid: e.evpid, bytes: e.data.length }, `envelope ${e.evpid} does not fit smtpd's buffer; not walked`);
+        continue;
+      }
+      this.handedOut.add(e.evpid);
+      if (this.buffer.length < WALK_PAGE / 4 && this.cursor) this.fetch();
+      return e;
+    }
+    return undefined;
+  }
+
+  private fetch(): void {
+    if (this.fetching || this.finished || this.cursor === null || !this.store) return;
+    this.fetching = this.store
+      .envelopeWalk({ owner: this.owner, cursor: this.cursor, limit: WALK_PAGE })
+      .then((page) => {
+        this.buffer.push(...page.items);
+        this.cursor = page.cursor;
+        this.failures = 0;
+      })
+      .catch((err: unknown) => {
+        this.failures++;
+        this.retryAt = Date.now() + Math.min(100 * 2 ** this.failures, 10_000);
+        this.log?.warn({ err, failures: this.failures }, 'walk page failed; retrying');
+      })
+      .finally(() => {
+        this.fetching = undefined;
+      });
+  }
+
+  private finish(): 'done' {
+    if (!this.finished) {
+      this.finished = true;
+      this.log?.info({ envelopes: this.handedOut.size }, `walk done: ${this.handedOut.size} envelopes loaded into smtpd`);
+      this.handedOut.clear();
+      this.excluded.clear();
+    }
+    return 'done';
+  }
+}
+
+/** Waits for `work`, but no longer than `ms`; the work goes on either way. */
+async function within(work: Promise<unknown>, ms: number): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  await Promise.race([work, new Promise<void>((resolve) => (timer = setTimeout(resolve, ms)))]);
+  clearTimeout(timer);
+}

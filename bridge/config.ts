@@ -1,0 +1,142 @@
+import { existsSync, readFileSync, statSync } from 'node:fs';
+import { hostname, tmpdir } from 'node:os';
+import { z } from 'zod';
+import { readToken } from '../lib/config';
+import { Owner } from '../lib/ids';
+
+/**
+ * queue-rest's settings. smtpd runs it as `queue-proc ARG` for
+ * `-B queue=rest:ARG`; ARG is the service's base URL or the path of a config
+ * file of `key value` lines. Environment variables QUEUE_REST_<KEY> (KEY in
+ * upper case, - as _) override the file. The token never comes from ARG: it
+ * comes from QUEUE_TOKEN or QUEUE_TOKEN_FILE in smtpd's environment, or the
+ * config file's token-file (or token, if the file is private).
+ */
+export interface BridgeConfig {
+  url: string;
+  token?: string;
+  /** token: the shared token only. iam: also a Google ID token for each function's URL. */
+  auth: 'token' | 'iam';
+  instance: string;
+  timeoutMs: number;
+  retryBudgetMs: number;
+  inlineMax: number;
+  cacheBytes: number;
+  imsg: '6.8' | '7.7';
+  /** 'syslog', 'stderr', or a file path (default: syslog if /dev/log exists, else DEFAULT_LOG_FILE). */
+  log: string;
+  logLevel: string;
+  /** The user to run as after start-up (smtpd starts the bridge as root). */
+  user?: string;
+  statsFile?: string;
+  tmpDir: string;
+}
+
+const KEYS = [
+  'url',
+  'token-file',
+  'token',
+  'auth',
+  'instance',
+  'timeout',
+  'retry-budget',
+  'inline-max',
+  'cache',
+  'imsg',
+  'log',
+  'log-level',
+  'user',
+  'stats-file',
+  'tmp',
+] as const;
+
+const ms = z.coerce.number().int().min(1);
+
+const Settings = z.object({
+  url: z.url({ protocol: /^https?$/ }),
+  'token-file': z.string().optional(),
+  token: z.string().optional(),
+  auth: z.enum(['token', 'iam']).default('token'),
+  instance: Owner.optional(),
+  timeout: ms.default(5_000),
+  'retry-budget': ms.default(15_000),
+  'inline-max': z.coerce.number().int().min(0).default(4 * 1024 * 1024),
+  cache: z.coerce.number().int().min(0).default(64 * 1024 * 1024),
+  imsg: z.enum(['6.8', '7.7']).default('6.8'),
+  log: z.string().optional(),
+  'log-level': z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal']).default('info'),
+  user: z.string().optional(),
+  'stats-file': z.string().optional(),
+  tmp: z.string().default(tmpdir()),
+});
+
+/** Where logs go when there is no syslog: a daemonized smtpd gives the bridge /dev/null as stderr. */
+export const DEFAULT_LOG_FILE = '/var/log/opensmtpd-queue-rest.log';
+
+export class BridgeConfigError extends Error {
+  override name = 'BridgeConfigError';
+}
+
+export function parseConfigFile(text: string): Record<string, string> {
+  const settings: Record<string, string> = {};
+  for (const [i, raw] of text.split('\n').entries()) {
+    const line = raw.replace(/#.*$/, '').trim();
+    if (!line) continue;
+    const match = /^([a-z-]+)\s+(.+)$/.exec(line);
+    if (!match || !(KEYS as readonly string[]).includes(match[1])) {
+      throw new BridgeConfigError(`line ${i + 1}: expected "key value" with key one of ${KEYS.join(', ')}`);
+    }
+    settings[match[1]] = match[2];
+  }
+  return settings;
+}
+
+export function loadBridgeConfig(arg: string | undefined, env: NodeJS.ProcessEnv = process.env): BridgeConfig {
+  if (!arg) throw new BridgeConfigError('no service given: run smtpd with -B queue=rest:URL or -B queue=rest:/path/to/queue-rest.conf');
+  let settings: Record<string, string> = {};
+  if (/^https?:\/\//.test(arg)) {
+    const url = new URL(arg);
+    if (url.username || url.password || url.search) {
+      throw new BridgeConfigError('the URL must not carry credentials or a query: secrets do not belong on a command line');
+    }
+    settings.url = arg;
+  } else {
+    if (!existsSync(arg)) throw new BridgeConfigError(`no config file ${arg}`);
+    settings = parseConfigFile(readFileSync(arg, 'utf8'));
+    if (settings.token && (statSync(arg).mode & 0o077) !== 0) {
+      throw new BridgeConfigError(`${arg} holds a token but others can read it: chmod 600 it, or use token-file`);
+    }
+  }
+  for (const key of KEYS) {
+    const value = env[`QUEUE_REST_${key.toUpperCase().replace(/-/g, '_')}`];
+    if (value !== undefined && key !== 'token') settings[key] = value;
+  }
+  const parsed = Settings.safeParse(settings);
+  if (!parsed.success) {
+    throw new BridgeConfigError(parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; '));
+  }
+  const s = parsed.data;
+  const token = readToken({ QUEUE_TOKEN: env.QUEUE_TOKEN ?? s.token, QUEUE_TOKEN_FILE: env.QUEUE_TOKEN_FILE ?? s['token-file'] });
+  return {
+    url: s.url.replace(/\/+$/, ''),
+    token,
+    auth: s.auth,
+    instance: s.instance ?? defaultInstance(),
+    timeoutMs: s.timeout,
+    retryBudgetMs: s['retry-budget'],
+    inlineMax: s['inline-max'],
+    cacheBytes: s.cache,
+    imsg: s.imsg,
+    log: s.log ?? (existsSync('/dev/log') ? 'syslog' : DEFAULT_LOG_FILE),
+    logLevel: s['log-level'],
+    user: s.user,
+    statsFile: s['stats-file'],
+    tmpDir: s.tmp,
+  };
+}
+
+/** The host name, as an instance id: stable across restarts, distinct per MX. */
+export function defaultInstance(): string {
+  const name = hostname().split('.')[0].replace(/[^A-Za-z0-9._-]/g, '-').replace(/^[^A-Za-z0-9]+/, '');
+  return (name || 'mx').slice(0, 63);
+}

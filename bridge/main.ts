@@ -1,0 +1,204 @@
+import { execFileSync } from 'node:child_process';
+import { chownSync, existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { GoogleAuth, type IdTokenClient } from 'google-auth-library';
+import pino from 'pino';
+import { createLogger } from '../lib/log';
+import { Backend } from './backend';
+import { closeQuietly, SmtpdChannel } from './channel';
+import { HttpQueueStore } from './client';
+import { BridgeConfigError, loadBridgeConfig, type BridgeConfig } from './config';
+import { openBridgeLog, type BridgeLog } from './logging';
+import { dispatch, failureReply, PROC, PROC_NAMES, type QueueBackend } from './protocol';
+import { Stats } from './stats';
+
+/**
+ * queue-rest: the program smtpd runs for `-B queue=rest:ARG`, as root, with
+ * its queue socket on fd 0. It must never take smtpd down: it answers every
+ * request (a failure is r=0, an empty LOAD or no fd), ignores the signals
+ * that stop services, and exits only when smtpd closes the socket.
+ */
+const counters = { smtpd: new Stats(), http: new Stats() };
+const startedAt = new Date().toISOString();
+
+async function main(): Promise<void> {
+  let config: BridgeConfig | undefined;
+  let problem: string | undefined;
+  try {
+    config = loadBridgeConfig(process.argv[2]);
+  } catch (err) {
+    problem = (err as Error).message;
+  }
+  const { log, flush } = openBridgeLog(config?.log ?? 'stderr', config?.logLevel ?? 'info', config?.instance ?? '-');
+  for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
+    process.on(signal, () => log.info(`${signal} ignored: queue-rest ends when smtpd closes its socket`));
+  }
+  // a handler that throws would end the process, and smtpd with it
+  const report = (what: string) => (err: unknown) => {
+    try {
+      log.error({ err }, what);
+    } catch {
+      // the log itself is broken
+    }
+  };
+  process.on('uncaughtException', report('uncaught exception'));
+  process.on('unhandledRejection', report('unhandled rejection'));
+
+  let backend: QueueBackend | undefined;
+  let client: HttpQueueStore | undefined;
+  try {
+    if (!config) throw new BridgeConfigError(problem ?? 'misconfigured');
+    const idToken = config.auth === 'iam' ? await idTokens() : undefined;
+    if (config.statsFile) prepareStatsFile(config.statsFile, config.user);
+    dropPrivileges(config.user, log);
+    client = new HttpQueueStore({
+      baseUrl: config.url,
+      token: config.token,
+      idToken,
+      timeoutMs: config.timeoutMs,
+      budgetMs: config.retryBudgetMs,
+      inlineMax: config.inlineMax,
+      observe: (fn, ms, status) => counters.http.record(fn, ms, typeof status === 'number' && status < 500),
+    });
+    backend = new Backend({ store: client, owner: config.instance, log, tmpDir: config.tmpDir, cacheBytes: config.cacheBytes });
+    log.info({ url: config.url, auth: config.auth, imsg: config.imsg }, `queue-rest ${config.instance} serving smtpd with ${config.url}`);
+  } catch (err) {
+    log.fatal({ err }, `queue-rest cannot work: ${(err as Error).message}. Every queue request fails until smtpd is restarted with a working set-up.`);
+    backend = unavailable((err as Error).message);
+  }
+
+  const statsFile = config?.statsFile;
+  const writeStats = () => {
+    if (!statsFile) return;
+    try {
+      writeFileSync(statsFile, JSON.stringify(statsSnapshot(config), null, 2) + '\n');
+    } catch (err) {
+      log.warn({ err }, `cannot write the counters to ${statsFile}`);
+    }
+  };
+  process.on('SIGUSR1', () => {
+    writeStats();
+    log.info({ stats: statsSnapshot(config) }, 'counters');
+  });
+  const timer = setInterval(writeStats, 5_000);
+  timer.unref();
+
+  const channel = new SmtpdChannel(0, config?.imsg ?? '6.8', log, async (m) => {
+    const started = performance.now();
+    const name = PROC_NAMES[m.type] ?? `TYPE_${m.type}`;
+    try {
+      const reply = await dispatch(backend, m);
+      counters.smtpd.record(name, performance.now() - started);
+      if (m.type === PROC.CLOSE) writeStats();
+      return reply;
+    } catch (err) {
+      counters.smtpd.record(name, performance.now() - started, false);
+      log.warn({ err, request: name }, `${name} failed; answered as a failure`);
+      return failureReply(m.type);
+    }
+  });
+  await channel.run();
+  clearInterval(timer);
+  writeStats();
+  log.info({ stats: statsSnapshot(config) }, 'smtpd closed the queue socket: exiting');
+  await client?.close();
+  flush();
+  process.exit(0);
+}
+
+function statsSnapshot(config: BridgeConfig | undefined) {
+  const http = counters.http.summary();
+  const commits = counters.smtpd.count('MESSAGE_COMMIT');
+  const acceptRequests = ['messageCreate', 'messageWrite', 'messageCommit'].reduce((sum, fn) => sum + counters.http.count(fn), 0);
+  return {
+    instance: config?.instance,
+    pid: process.pid,
+    startedAt,
+    updatedAt: new Date().toISOString(),
+    httpRequests: counters.http.total(),
+    acceptedMessages: commits,
+    acceptRequestsPerMessage: commits > 0 ? Math.round((acceptRequests / commits) * 1000) / 1000 : null,
+    smtpd: counters.smtpd.summary(),
+    http,
+  };
+}
+
+/** An ID token for each function's URL, from the service account in GOOGLE_APPLICATION_CREDENTIALS or the metadata server. */
+async function idTokens(): Promise<(audience: string) => Promise<string>> {
+  const auth = new GoogleAuth();
+  await auth.getClient(); // reads the key file while the bridge is still root
+  const clients = new Map<string, Promise<IdTokenClient>>();
+  return async (audience) => {
+    if (!clients.has(audience)) clients.set(audience, auth.getIdTokenClient(audience));
+    const client = await clients.get(audience)!;
+    return client.idTokenProvider.fetchIdToken(audience);
+  };
+}
+
+/** smtpd starts its queue backend as root; the bridge needs none of that. */
+function dropPrivileges(user: string | undefined, log: BridgeLog['log']): void {
+  if (process.getuid?.() !== 0) return;
+  const name = user ?? 'opensmtpq';
+  let ids: { uid: number; gid: number };
+  try {
+    ids = userIds(name);
+  } catch {
+    if (user) log.error(`no user ${user}: staying root`);
+    else log.warn('no user opensmtpq: staying root (set user in the config)');
+    return;
+  }
+  process.setgroups?.([]);
+  process.setgid?.(ids.gid);
+  process.setuid?.(ids.uid);
+  process.umask(0o077);
+  log.info({ uid: ids.uid, gid: ids.gid }, `running as ${name}`);
+}
+
+function userIds(name: string): { uid: number; gid: number } {
+  const uid = Number(execFileSync('id', ['-u', name], { encoding: 'utf8' }).trim());
+  const gid = Number(execFileSync('id', ['-g', name], { encoding: 'utf8' }).trim());
+  return { uid, gid };
+}
+
+/** The stats file is rewritten after privileges are dropped, so it must belong to that user. */
+function prepareStatsFile(file: string, user: string | undefined): void {
+  mkdirSync(path.dirname(file), { recursive: true });
+  if (!existsSync(file)) writeFileSync(file, '{}\n');
+  if (process.getuid?.() !== 0) return;
+  try {
+    const { uid, gid } = userIds(user ?? 'opensmtpq');
+    chownSync(file, uid, gid);
+  } catch {
+    // staying root
+  }
+}
+
+/** The backend of a bridge that cannot work: every request fails, INIT and CLOSE succeed. */
+function unavailable(why: string): QueueBackend {
+  const fail = async (): Promise<never> => {
+    throw new BridgeConfigError(why);
+  };
+  return {
+    init: async () => undefined,
+    close: async () => undefined,
+    messageCreate: fail,
+    messageDelete: fail,
+    messageCommit: async (_msgid, fd) => {
+      closeQuietly(fd);
+      return fail();
+    },
+    messageFd: fail,
+    envelopeCreate: fail,
+    envelopeDelete: fail,
+    envelopeLoad: fail,
+    envelopeUpdate: fail,
+    envelopeWalk: async () => 'done',
+  };
+}
+
+main().catch((err: unknown) => {
+  // only a bug gets here; smtpd would die with us, so answer failures until it closes the socket
+  const log = createLogger({ name: 'queue-rest', destination: pino.destination(2) });
+  log.fatal({ err }, 'queue-rest failed to start');
+  void new SmtpdChannel(0, '6.8', log, async (m) => failureReply(m.type)).run().then(() => process.exit(0));
+});

@@ -1,0 +1,56 @@
+import { bodyOf, readMaildir, waitFor } from './mail';
+import type { Smtpd } from './smtpd';
+
+/** What the end-to-end tests with real smtpd share. */
+
+/**
+ * A body that exercises what SMTP transport may change: lines that are only
+ * a dot or start with one (dot-stuffing), "From " lines, tabs, trailing
+ * spaces, UTF-8, and long lines. LF endings, because smtpd stores and
+ * delivers LF; nodemailer sends CRLF on the wire.
+ */
+export function testBody(size: number, seed = 'harness'): Buffer {
+  const samples = ['.', '..', '.leading dot', 'From the start of a line', '\tindented\t', 'trailing spaces   ', 'grüße, ça va? — ok', ''];
+  const lines: string[] = [];
+  let length = 0;
+  for (let i = 0; length < size; i++) {
+    const line = i % 5 === 4 ? samples[(i / 5) % samples.length | 0] : `${seed} line ${i} ${'x'.repeat((i * 37) % 900)}`;
+    lines.push(line);
+    length += Buffer.byteLength(line) + 1;
+  }
+  return Buffer.from(lines.join('\n') + '\n');
+}
+
+export function expectSameBytes(actual: Buffer, expected: Buffer, what: string): void {
+  if (actual.equals(expected)) return;
+  let at = 0;
+  while (at < actual.length && at < expected.length && actual[at] === expected[at]) at++;
+  const around = (b: Buffer) => JSON.stringify(b.subarray(Math.max(0, at - 40), at + 40).toString('latin1'));
+  throw new Error(
+    `${what}: ${actual.length} bytes delivered, ${expected.length} sent, first difference at byte ${at}\n` +
+      `delivered: ${around(actual)}\nsent:      ${around(expected)}`,
+  );
+}
+
+/** The body as the sink got it, with the CRLF line ends of the wire turned back into LF. */
+export function relayedBody(data: Buffer): Buffer {
+  return Buffer.from(bodyOf(data).toString('latin1').replace(/\r\n/g, '\n'), 'latin1');
+}
+
+export async function deliveredTo(smtpd: Smtpd, user: string, count = 1): Promise<Buffer[]> {
+  return waitFor(
+    `${count} message(s) in the maildir of ${user}@example.test`,
+    () => {
+      const messages = readMaildir(smtpd.maildir(user));
+      return messages.length >= count ? messages : undefined;
+    },
+    30_000,
+    () => smtpd.output(),
+  );
+}
+
+/** `smtpctl show queue` lines for envelopes to rcpt. */
+export async function queued(smtpd: Smtpd, rcpt: string): Promise<string[]> {
+  const listing = await smtpd.smtpctl('show', 'queue');
+  return listing.split('\n').filter((line) => line.split('|')[5] === rcpt);
+}
