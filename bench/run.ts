@@ -1,6 +1,7 @@
 import { parseArgs } from 'node:util';
 import { writeResults } from './report';
 import { benchService } from './service';
+import { benchSmtpd } from './smtpd';
 
 /** `npm run bench`: every benchmark, side by side in one run; tables on stdout, JSON in bench/results/. */
 process.env.METADATA_SERVER_DETECTION ??= 'none';
@@ -10,6 +11,9 @@ const { values } = parseArgs({
   options: {
     only: { type: 'string' },
     iterations: { type: 'string', default: '200' },
+    messages: { type: 'string', default: '200' },
+    'big-messages': { type: 'string', default: '20' },
+    clients: { type: 'string', default: '4' },
   },
 });
 
@@ -19,6 +23,11 @@ async function main(): Promise<void> {
     const service = await benchService(Number(values.iterations));
     process.stdout.write(service.table);
     results.service = service.results;
+  }
+  if (!values.only || values.only === 'smtpd') {
+    const smtpd = await benchSmtpd({ messages: Number(values.messages), bigMessages: Number(values['big-messages']), clients: Number(values.clients) });
+    process.stdout.write(smtpd.table);
+    results.smtpd = smtpd.results;
   }
   process.stdout.write(`\nresults: ${writeResults('bench', results)}\n`);
 }

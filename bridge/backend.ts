@@ -7,6 +7,7 @@ import { sha256hex } from '../lib/rules';
 import { CREATE_BATCH_MAX, type Envelope, type QueueStore } from '../lib/store';
 import { BodyFiles, readAllAndClose } from './bodyfile';
 import { ENVELOPE_BUFFER, PROC_QUEUE_API_VERSION, type QueueBackend } from './protocol';
+import { WriteBehind } from './write-behind';
 
 export interface BackendOptions {
   store: QueueStore;
@@ -19,12 +20,17 @@ export interface BackendOptions {
   cacheBytes?: number;
   /** How long INIT may wait for the start-up work (purge, first reservations, first walk page). */
   initWaitMs?: number;
+  /** Answer ENVELOPE_DELETE at once and delete in the background (see WriteBehind). */
+  asyncDelete?: boolean;
+  /** How long CLOSE and EOF wait for background writes (default: 15 s). */
+  drainMs?: number;
 }
 
 const RESERVE_LOW = 4;
 const WALK_PAGE = 200;
 const WALK_WAIT_MS = 50;
-const DELETE_RETRY_MS = 5_000;
+/** Past this many, envelope deletes wait for the service again instead of queueing. */
+const WRITE_BEHIND_MAX = 10_000;
 
 /**
  * The queue as smtpd sees it, on top of the queue API. What makes it one
@@ -34,7 +40,8 @@ const DELETE_RETRY_MS = 5_000;
  * - the envelopes of an incoming message are held here (smtpd never reads
  *   them before the commit) and go with MESSAGE_COMMIT, whose body travels
  *   inline: one atomic request;
- * - the body just committed is kept for the first delivery's MESSAGE_FD_R.
+ * - the body just committed is kept for the first delivery's MESSAGE_FD_R;
+ * - envelope deletes after delivery are written behind (WriteBehind).
  * Every failure is thrown to the protocol layer, which answers smtpd with a
  * failure it can take.
  */
@@ -49,8 +56,9 @@ export class Backend implements QueueBackend {
   private reserving?: Promise<void>;
   /** Envelopes of messages smtpd is receiving, until their commit. */
   private readonly incoming = new Map<Msgid, Map<Evpid, Buffer>>();
-  /** Deletes that failed, retried in the background (a rollback that fails leaves a message smtpd gave up on). */
-  private readonly pendingDeletes = new Set<Msgid>();
+  private readonly later: WriteBehind;
+  private readonly asyncDelete: boolean;
+  private readonly drainMs: number;
   private readonly walk = new StartupWalk();
   private closed = false;
 
@@ -60,6 +68,9 @@ export class Backend implements QueueBackend {
     this.log = options.log;
     this.files = new BodyFiles(options.tmpDir);
     this.initWaitMs = options.initWaitMs ?? 3_000;
+    this.later = new WriteBehind(options.log);
+    this.asyncDelete = options.asyncDelete ?? true;
+    this.drainMs = options.drainMs ?? 15_000;
     const max = options.cacheBytes ?? 64 * 1024 * 1024;
     this.bodies = new LRUCache({ maxSize: Math.max(max, 1), sizeCalculation: (body) => Math.max(body.length, 1), maxEntrySize: Math.max(max / 4, 1) });
   }
@@ -80,11 +91,17 @@ export class Backend implements QueueBackend {
     await within(startup, this.initWaitMs);
   }
 
+  /** Background writes not done yet. */
+  get pendingWrites(): number {
+    return this.later.pending;
+  }
+
   async close(): Promise<void> {
+    if (this.closed) return;
     this.closed = true;
-    await this.flushDeletes();
-    const unused = this.reserved.splice(0);
-    if (unused.length > 0) {
+    const left = await this.later.drain(this.drainMs);
+    if (left > 0) this.log.warn({ left }, `${left} background writes were not done; their mail may be delivered again after a restart`);
+    if (this.reserved.splice(0).length > 0) {
       await this.store.messagePurge(this.owner, [...this.incoming.keys()]).catch((err: unknown) => {
         this.log.warn({ err }, 'could not release reserved msgids; the next start purges them');
       });
@@ -103,13 +120,14 @@ export class Backend implements QueueBackend {
   async messageDelete(msgid: Msgid): Promise<boolean> {
     this.incoming.delete(msgid);
     this.bodies.delete(msgid);
+    await this.later.settled(msgid);
     try {
       await this.store.messageDelete(msgid, { owner: this.owner });
       return true;
     } catch (err) {
-      this.pendingDeletes.add(msgid);
+      // smtpd gave up on this message; a rollback left undone would leave it in the queue
       this.log.warn({ err, msgid }, `rollback of ${msgid} failed; retrying in the background`);
-      setTimeout(() => void this.flushDeletes(), DELETE_RETRY_MS).unref();
+      this.later.add(msgid, `rollback of ${msgid}`, () => this.store.messageDelete(msgid, { owner: this.owner }).then(() => undefined), isFinal);
       return false;
     }
   }
@@ -139,6 +157,7 @@ export class Backend implements QueueBackend {
       return evpid;
     }
     // a committed message: smtpd adds bounces to the original
+    await this.later.settled(msgid);
     for (let attempt = 1; ; attempt++) {
       const evpid = randomEvpid(msgid);
       this.walk.exclude(evpid);
@@ -156,8 +175,15 @@ export class Backend implements QueueBackend {
     const msgid = msgidOf(evpid);
     const held = this.incoming.get(msgid);
     if (held) return held.delete(evpid);
-    const { messageDeleted } = await this.store.envelopeDelete(evpid, { owner: this.owner });
-    if (messageDeleted) this.bodies.delete(msgid);
+    const remove = async () => {
+      const { messageDeleted } = await this.store.envelopeDelete(evpid, { owner: this.owner });
+      if (messageDeleted) this.bodies.delete(msgid);
+    };
+    if (this.asyncDelete && !this.closed && this.later.pending < WRITE_BEHIND_MAX) {
+      this.later.add(msgid, `delete of envelope ${evpid}`, remove, isFinal);
+    } else {
+      await remove();
+    }
     return true;
   }
 
@@ -206,18 +232,6 @@ export class Backend implements QueueBackend {
     })().finally(() => {
       this.reserving = undefined;
     });
-  }
-
-  private async flushDeletes(): Promise<void> {
-    for (const msgid of [...this.pendingDeletes]) {
-      try {
-        await this.store.messageDelete(msgid, { owner: this.owner });
-        this.pendingDeletes.delete(msgid);
-      } catch (err) {
-        this.log.warn({ err, msgid }, `rollback of ${msgid} failed again`);
-      }
-    }
-    if (this.pendingDeletes.size > 0 && !this.closed) setTimeout(() => void this.flushDeletes(), DELETE_RETRY_MS).unref();
   }
 }
 
@@ -331,4 +345,9 @@ async function within(work: Promise<unknown>, ms: number): Promise<void> {
   let timer: NodeJS.Timeout | undefined;
   await Promise.race([work, new Promise<void>((resolve) => (timer = setTimeout(resolve, ms)))]);
   clearTimeout(timer);
+}
+
+/** A request the service refused for good: retrying cannot help. */
+function isFinal(err: unknown): boolean {
+  return err instanceof QueueError && err.code !== 'unavailable';
 }

@@ -30,6 +30,8 @@ export interface BridgeConfig {
   user?: string;
   statsFile?: string;
   tmpDir: string;
+  /** Answer ENVELOPE_DELETE before the service has it (bridge/write-behind.ts). */
+  asyncDelete: boolean;
 }
 
 const KEYS = [
@@ -48,6 +50,7 @@ const KEYS = [
   'user',
   'stats-file',
   'tmp',
+  'async-delete',
 ] as const;
 
 const ms = z.coerce.number().int().min(1);
@@ -68,6 +71,7 @@ const Settings = z.object({
   user: z.string().optional(),
   'stats-file': z.string().optional(),
   tmp: z.string().default(tmpdir()),
+  'async-delete': z.enum(['yes', 'no']).default('yes'),
 });
 
 /** Where logs go when there is no syslog: a daemonized smtpd gives the bridge /dev/null as stderr. */
@@ -132,6 +136,7 @@ export function loadBridgeConfig(arg: string | undefined, env: NodeJS.ProcessEnv
     user: s.user,
     statsFile: s['stats-file'],
     tmpDir: s.tmp,
+    asyncDelete: s['async-delete'] === 'yes',
   };
 }
 

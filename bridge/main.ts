@@ -45,6 +45,7 @@ async function main(): Promise<void> {
   process.on('unhandledRejection', report('unhandled rejection'));
 
   let backend: QueueBackend | undefined;
+  let bridge: Backend | undefined;
   let client: HttpQueueStore | undefined;
   try {
     if (!config) throw new BridgeConfigError(problem ?? 'misconfigured');
@@ -60,7 +61,15 @@ async function main(): Promise<void> {
       inlineMax: config.inlineMax,
       observe: (fn, ms, status) => counters.http.record(fn, ms, typeof status === 'number' && status < 500),
     });
-    backend = new Backend({ store: client, owner: config.instance, log, tmpDir: config.tmpDir, cacheBytes: config.cacheBytes });
+    backend = bridge = new Backend({
+      store: client,
+      owner: config.instance,
+      log,
+      tmpDir: config.tmpDir,
+      cacheBytes: config.cacheBytes,
+      asyncDelete: config.asyncDelete,
+      drainMs: config.retryBudgetMs,
+    });
     log.info({ url: config.url, auth: config.auth, imsg: config.imsg }, `queue-rest ${config.instance} serving smtpd with ${config.url}`);
   } catch (err) {
     log.fatal({ err }, `queue-rest cannot work: ${(err as Error).message}. Every queue request fails until smtpd is restarted with a working set-up.`);
@@ -71,14 +80,14 @@ async function main(): Promise<void> {
   const writeStats = () => {
     if (!statsFile) return;
     try {
-      writeFileSync(statsFile, JSON.stringify(statsSnapshot(config), null, 2) + '\n');
+      writeFileSync(statsFile, JSON.stringify(statsSnapshot(config, bridge), null, 2) + '\n');
     } catch (err) {
       log.warn({ err }, `cannot write the counters to ${statsFile}`);
     }
   };
   process.on('SIGUSR1', () => {
     writeStats();
-    log.info({ stats: statsSnapshot(config) }, 'counters');
+    log.info({ stats: statsSnapshot(config, bridge) }, 'counters');
   });
   const timer = setInterval(writeStats, 5_000);
   timer.unref();
@@ -98,15 +107,16 @@ async function main(): Promise<void> {
     }
   });
   await channel.run();
+  await bridge?.close();
   clearInterval(timer);
   writeStats();
-  log.info({ stats: statsSnapshot(config) }, 'smtpd closed the queue socket: exiting');
+  log.info({ stats: statsSnapshot(config, bridge) }, 'smtpd closed the queue socket: exiting');
   await client?.close();
   flush();
   process.exit(0);
 }
 
-function statsSnapshot(config: BridgeConfig | undefined) {
+function statsSnapshot(config: BridgeConfig | undefined, bridge: Backend | undefined) {
   const http = counters.http.summary();
   const commits = counters.smtpd.count('MESSAGE_COMMIT');
   const acceptRequests = ['messageCreate', 'messageWrite', 'messageCommit'].reduce((sum, fn) => sum + counters.http.count(fn), 0);
@@ -118,6 +128,7 @@ function statsSnapshot(config: BridgeConfig | undefined) {
     httpRequests: counters.http.total(),
     acceptedMessages: commits,
     acceptRequestsPerMessage: commits > 0 ? Math.round((acceptRequests / commits) * 1000) / 1000 : null,
+    pendingWrites: bridge?.pendingWrites ?? 0,
     smtpd: counters.smtpd.summary(),
     http,
   };

@@ -51,20 +51,25 @@ export interface DatastoreQueueOptions {
  *   Message/<msgid>                   a committed message: state, owner, size, sha256, chunks, createdAt, committedAt
  *   Message/<msgid>/Chunk/<000000>    a piece of the body, CHUNK_BYTES at most
  *   Message/<msgid>/Envelope/<evpid>  an envelope: data, createdAt
+ *   Message/<msgid>/Tally/envelopes   how many envelopes the message has: count
  * Chunks and envelopes of an incoming message already sit under its Message
  * key, but nothing reads them until the Message entity exists, so a commit is
  * the single atomic insert of that entity (plus whatever fits with it).
+ * Transactions only look keys up, never query: the Firestore emulator locks a
+ * query's whole kind, so two deletes on different messages would wait on each
+ * other. Hence the tally, which tells an envelope delete whether it is the last.
  */
 const INDEXED: Record<string, readonly string[]> = {
   Message: ['state', 'owner'],
   Incoming: ['owner'],
   Envelope: [],
   Chunk: [],
+  Tally: [],
 };
 
 /** Datastore's 4 MiB request cap on the emulators, with room for keys and framing. */
 const WRITE_BATCH_BYTES = 3_500_000;
-const CHILD_KINDS = ['Chunk', 'Envelope'];
+const CHILD_KINDS = ['Chunk', 'Envelope', 'Tally'];
 /** A transaction aborted by contention is run again this many times, with backoff, before it answers unavailable. */
 const TX_ATTEMPTS = 10;
 const WALK_MESSAGES = 50;
@@ -141,12 +146,13 @@ export class DatastoreQueueStore implements QueueStore {
   }
 
   async messageDelete(msgid: Msgid, check?: OwnerCheck): Promise<{ deleted: boolean }> {
+    const children = await this.descendants(msgid);
     return this.transaction(async (tx) => {
       const found = await this.lookup(tx, [this.messageKey(msgid), this.incomingKey(msgid)]);
       const stored = found.get(this.messageKey(msgid)) ?? found.get(this.incomingKey(msgid));
       if (!stored) return { deleted: false };
       checkOwner({ msgid, owner: String(stored.owner) }, check);
-      tx.delete([...(await this.descendants(tx, msgid)), this.messageKey(msgid), this.incomingKey(msgid)]);
+      tx.delete([...children, this.messageKey(msgid), this.incomingKey(msgid)]);
       return { deleted: true };
     });
   }
@@ -212,6 +218,8 @@ export class DatastoreQueueStore implements QueueStore {
         throw conflict(`envelope ${envelope.evpid} exists with other bytes`, { evpid: envelope.evpid });
       }
       tx.insert(this.envelopeEntity(envelope.evpid, envelope.data, new Date()));
+      const msgid = msgidOf(envelope.evpid);
+      tx.upsert(this.tallyEntity(msgid, tallyOf(found.get(this.tallyKey(msgid))) + 1));
       return { created: true };
     });
   }
@@ -219,21 +227,21 @@ export class DatastoreQueueStore implements QueueStore {
   async envelopeDelete(evpid: Evpid, check?: OwnerCheck): Promise<{ deleted: boolean; messageDeleted: boolean }> {
     const msgid = msgidOf(evpid);
     return this.transaction(async (tx) => {
-      const [found, others] = await Promise.all([
-        this.lookup(tx, [this.messageKey(msgid), this.incomingKey(msgid), this.envelopeKey(evpid)]),
-        this.query(tx, this.envelopeQuery(msgid).select('__key__').limit(2)),
-      ]);
-      const stored = found.get(this.messageKey(msgid)) ?? found.get(this.incomingKey(msgid));
-      if (!stored) return { deleted: false, messageDeleted: false };
-      checkOwner({ msgid, owner: String(stored.owner) }, check);
-      const deleted = found.has(this.envelopeKey(evpid));
-      const isLast = !others.some((row) => row[Datastore.KEY].name !== evpid);
-      if (found.has(this.messageKey(msgid)) && isLast) {
-        tx.delete([...(await this.descendants(tx, msgid)), this.messageKey(msgid)]);
-        return { deleted, messageDeleted: true };
+      const { found } = await this.envelopeContext(tx, evpid, check).catch((err: unknown) => {
+        if (err instanceof QueueError && err.code === 'not_found') return { found: undefined };
+        throw err;
+      });
+      if (!found || !found.has(this.envelopeKey(evpid))) return { deleted: false, messageDeleted: false };
+      const committed = found.get(this.messageKey(msgid));
+      const left = tallyOf(found.get(this.tallyKey(msgid))) - 1;
+      if (committed && left <= 0) {
+        const chunks = range(0, Number(committed.chunks)).map((i) => this.chunkKey(msgid, i));
+        tx.delete([...chunks, this.envelopeKey(evpid), this.tallyKey(msgid), this.messageKey(msgid)]);
+        return { deleted: true, messageDeleted: true };
       }
-      if (deleted) tx.delete(this.envelopeKey(evpid));
-      return { deleted, messageDeleted: false };
+      tx.delete(this.envelopeKey(evpid));
+      tx.upsert(this.tallyEntity(msgid, Math.max(left, 0)));
+      return { deleted: true, messageDeleted: false };
     });
   }
 
@@ -300,13 +308,13 @@ export class DatastoreQueueStore implements QueueStore {
     for (const row of rows) {
       const msgid = row[Datastore.KEY].name!;
       if (kept.has(msgid)) continue;
+      const children = await this.descendants(msgid);
       const removed = await this.transaction(async (tx) => {
         const found = await this.lookup(tx, [this.messageKey(msgid), this.incomingKey(msgid)]);
         const incoming = found.get(this.incomingKey(msgid));
         if (!incoming || incoming.owner !== owner) return false;
         // a committed message of the same id keeps its children
-        const children = found.has(this.messageKey(msgid)) ? [] : await this.descendants(tx, msgid);
-        tx.delete([...children, this.incomingKey(msgid)]);
+        tx.delete([...(found.has(this.messageKey(msgid)) ? [] : children), this.incomingKey(msgid)]);
         return true;
       });
       if (removed) purged++;
@@ -324,7 +332,8 @@ export class DatastoreQueueStore implements QueueStore {
     const now = new Date();
     const chunks = toChunks(commit.body!).map((c) => this.entity(this.chunkKey(commit.msgid, c.index), { data: c.data }));
     await this.singleUseCommit({
-      insert: [this.messageEntity(commit, now), ...envelopes],
+      // the tally exists already if envelopes were created on the incoming message: then the insert fails
+      insert: [this.messageEntity(commit, now), this.tallyEntity(commit.msgid, envelopes.length), ...envelopes],
       upsert: chunks,
       delete: [this.incomingKey(commit.msgid)],
     });
@@ -346,7 +355,7 @@ export class DatastoreQueueStore implements QueueStore {
     const found = parts.length > 0 ? await this.lookup(this.ds, parts) : new Map<Key, Stored>();
     checkBody(msgid, commit.size, commit.sha256, Buffer.concat(parts.map((k) => (found.get(k)?.data as Buffer) ?? Buffer.alloc(0))));
     return this.transaction(async (tx) => {
-      const seen = await this.lookup(tx, [this.messageKey(msgid), this.incomingKey(msgid), ...envelopes.map((e) => e.key)]);
+      const seen = await this.lookup(tx, [this.messageKey(msgid), this.incomingKey(msgid), this.tallyKey(msgid), ...envelopes.map((e) => e.key)]);
       const committed = seen.get(this.messageKey(msgid));
       if (committed) return this.recommit(toInfo(msgid, committed), commit);
       const current = seen.get(this.incomingKey(msgid));
@@ -355,13 +364,17 @@ export class DatastoreQueueStore implements QueueStore {
       if (current.bodyVersion !== version) throw conflict(`message ${msgid} body changed while it was committed`, { msgid });
       tx.insert(this.messageEntity(commit, new Date(), current.createdAt as Date));
       tx.delete(this.incomingKey(msgid));
+      let count = tallyOf(seen.get(this.tallyKey(msgid)));
       for (const e of envelopes) {
         const existing = seen.get(e.key);
-        if (!existing) tx.insert(e);
-        else if (!(existing.data as Buffer).equals(e.data.data as Buffer)) {
+        if (!existing) {
+          tx.insert(e);
+          count++;
+        } else if (!(existing.data as Buffer).equals(e.data.data as Buffer)) {
           throw conflict(`envelope ${e.key.name} exists with other bytes`, { evpid: e.key.name });
         }
       }
+      tx.upsert(this.tallyEntity(msgid, count));
       return { created: true };
     });
   }
@@ -379,18 +392,26 @@ export class DatastoreQueueStore implements QueueStore {
   private async writeIncoming(msgid: Msgid, owner: string, entities: Entity[], keepExisting = false): Promise<void> {
     for (const batch of batches(entities, WRITE_BATCH_BYTES)) {
       await this.transaction(async (tx) => {
-        const found = await this.lookup(tx, [this.messageKey(msgid), this.incomingKey(msgid), ...(keepExisting ? batch.map((e) => e.key) : [])]);
+        const found = await this.lookup(tx, [
+          this.messageKey(msgid),
+          this.incomingKey(msgid),
+          this.tallyKey(msgid),
+          ...(keepExisting ? batch.map((e) => e.key) : []),
+        ]);
         if (found.has(this.messageKey(msgid))) throw conflict(`message ${msgid} is already committed`, { msgid });
         const incoming = found.get(this.incomingKey(msgid));
         if (!incoming) throw notFound('msgid', msgid);
         checkOwner({ msgid, owner: String(incoming.owner) }, { owner });
+        let added = 0;
         for (const e of batch) {
           const existing = found.get(e.key);
           if (existing && !(existing.data as Buffer).equals(e.data.data as Buffer)) {
             throw conflict(`envelope ${e.key.name} exists with other bytes`, { evpid: e.key.name });
           }
+          if (!existing && e.key.kind === 'Envelope') added++;
         }
         tx.upsert(batch);
+        if (added > 0) tx.upsert(this.tallyEntity(msgid, tallyOf(found.get(this.tallyKey(msgid))) + added));
         tx.update(this.entity(this.incomingKey(msgid), { ...stripKey(incoming), bodyVersion: Number(incoming.bodyVersion) + 1 }));
       });
     }
@@ -410,7 +431,7 @@ export class DatastoreQueueStore implements QueueStore {
   /** The message an envelope belongs to, looked up with the envelope; refuses other owners. */
   private async envelopeContext(reader: Datastore | Transaction, evpid: Evpid, check?: OwnerCheck) {
     const msgid = msgidOf(evpid);
-    const found = await this.lookup(reader, [this.messageKey(msgid), this.incomingKey(msgid), this.envelopeKey(evpid)]);
+    const found = await this.lookup(reader, [this.messageKey(msgid), this.incomingKey(msgid), this.envelopeKey(evpid), this.tallyKey(msgid)]);
     const stored = found.get(this.messageKey(msgid)) ?? found.get(this.incomingKey(msgid));
     if (!stored) throw notFound('evpid', evpid);
     checkOwner({ msgid, owner: String(stored.owner) }, check);
@@ -442,11 +463,14 @@ export class DatastoreQueueStore implements QueueStore {
     return this.ds.createQuery('Envelope').hasAncestor(this.messageKey(msgid));
   }
 
-  /** Every entity under a message key: its chunks and envelopes. */
-  private async descendants(tx: Transaction, msgid: Msgid): Promise<Key[]> {
-    // one query per kind: the Firestore emulator fails kindless queries in a transaction
+  /**
+   * Every entity under a message key (its chunks, envelopes and tally), read
+   * before the transaction that deletes them: a message being deleted gets no
+   * new children, and one that did would only leave invisible garbage.
+   */
+  private async descendants(msgid: Msgid): Promise<Key[]> {
     const results = await Promise.all(
-      CHILD_KINDS.map((kind) => this.query(tx, this.ds.createQuery(kind).hasAncestor(this.messageKey(msgid)).select('__key__'))),
+      CHILD_KINDS.map((kind) => this.query(this.ds, this.ds.createQuery(kind).hasAncestor(this.messageKey(msgid)).select('__key__'))),
     );
     return results.flatMap((rows) => rows.map((row) => row[Datastore.KEY]));
   }
@@ -537,6 +561,14 @@ export class DatastoreQueueStore implements QueueStore {
     return this.entity(this.envelopeKey(evpid), { data, createdAt });
   }
 
+  private tallyEntity(msgid: Msgid, count: number) {
+    return this.entity(this.tallyKey(msgid), { count });
+  }
+
+  private tallyKey(msgid: Msgid): Key {
+    return this.ds.key(['Message', msgid, 'Tally', 'envelopes']);
+  }
+
   private messageKey(msgid: Msgid): Key {
     return this.ds.key(['Message', msgid]);
   }
@@ -578,6 +610,10 @@ function toInfo(msgid: Msgid, row: Props): MessageInfo {
     createdAt: row.createdAt as Date,
     committedAt: row.committedAt as Date,
   };
+}
+
+function tallyOf(row: Props | undefined): number {
+  return row ? Number(row.count) : 0;
 }
 
 function incomingInfo(msgid: Msgid, row: Props): MessageInfo {

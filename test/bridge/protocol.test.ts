@@ -135,8 +135,9 @@ describe('queue-rest speaking to smtpd', () => {
     for (const evpid of [...evpids, bounce.data.readBigUInt64LE(4)]) {
       expect(r(await peer.request(PROC.ENVELOPE_DELETE, u64(evpid)))).toBe(1);
     }
-    await expect(service.store.messageWalk(msgidToHex(msgid))).rejects.toMatchObject({ code: 'not_found' });
+    // deletes are written behind; CLOSE waits for them
     expect(r(await peer.request(PROC.CLOSE))).toBe(1);
+    await expect(service.store.messageWalk(msgidToHex(msgid))).rejects.toMatchObject({ code: 'not_found' });
     expect(await peer.close()).toBe(0);
   });
 
@@ -217,10 +218,11 @@ describe('queue-rest speaking to smtpd', () => {
     expect([fd.len, fd.fd]).toEqual([16, undefined]);
     const load = await peer.request(PROC.ENVELOPE_LOAD, u64(0x1234567800000001n));
     expect(load.len).toBe(16);
-    for (const type of [PROC.ENVELOPE_DELETE, PROC.ENVELOPE_UPDATE]) {
-      const reply = await peer.request(type, Buffer.concat([u64(0x1234567800000001n), Buffer.from('x')]).subarray(0, type === PROC.ENVELOPE_DELETE ? 8 : 9));
-      expect([reply.type, reply.len, r(reply)]).toEqual([PROC.OK, 20, 0]);
-    }
+    const update = await peer.request(PROC.ENVELOPE_UPDATE, Buffer.concat([u64(0x1234567800000001n), Buffer.from('x')]));
+    expect([update.type, update.len, r(update)]).toEqual([PROC.OK, 20, 0]);
+    // smtpd does not look at a delete's answer; the delete is written behind and retried
+    const deleted = await peer.request(PROC.ENVELOPE_DELETE, u64(0x1234567800000001n));
+    expect([deleted.type, deleted.len, r(deleted)]).toEqual([PROC.OK, 20, 1]);
     expect(Date.now() - started).toBeLessThan(30_000);
     expect(r(await peer.request(PROC.CLOSE))).toBe(1);
     expect(await peer.close()).toBe(0);

@@ -2,8 +2,8 @@ import { readdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { deliveredTo, expectSameBytes, queued, relayedBody, testBody } from '../support/e2e';
-import { bodyOf, freePort, sendMail, SmtpError, startSink, stopAllSinks, waitFor } from '../support/mail';
-import { startSmtpd, stopAllSmtpd, testUser } from '../support/smtpd';
+import { bodyOf, freePort, sendMail, SmtpError, startSink, stopAllSinks, waitFor } from '../../dev/mail';
+import { startSmtpd, stopAllSmtpd, testUser } from '../../dev/smtpd';
 
 /**
  * Proves the e2e harness against smtpd's own fs queue: the same scenarios

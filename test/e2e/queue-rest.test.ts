@@ -5,9 +5,9 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { installBridge, LIBEXEC } from '../../bin/install-bridge';
 import type { Envelope, QueueStore } from '../../lib/store';
 import { deliveredTo, expectSameBytes, relayedBody, testBody } from '../support/e2e';
-import { bodyOf, freePort, sendMail, SmtpError, startSink, stopAllSinks, waitFor } from '../support/mail';
+import { bodyOf, freePort, sendMail, SmtpError, startSink, stopAllSinks, waitFor } from '../../dev/mail';
 import { TEST_TOKEN, startService } from '../support/service';
-import { startSmtpd, stopAllSmtpd, testUser, type Smtpd } from '../support/smtpd';
+import { startSmtpd, stopAllSmtpd, testUser, type Smtpd } from '../../dev/smtpd';
 import { uniqueNamespace } from '../support/stores';
 
 /**

@@ -1,5 +1,5 @@
-import { bodyOf, readMaildir, waitFor } from './mail';
-import type { Smtpd } from './smtpd';
+import { bodyOf, readMaildir, waitFor } from '../../dev/mail';
+import type { Smtpd } from '../../dev/smtpd';
 
 /** What the end-to-end tests with real smtpd share. */
 

@@ -5,7 +5,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import nodemailer from 'nodemailer';
 import { SMTPServer } from 'smtp-server';
 
-export { freePort } from '../../dev/emulator';
+export { freePort } from './emulator';
 
 /** An SMTP reply that failed the message, or a recipient that got a 4xx. */
 export class SmtpError extends Error {
@@ -30,33 +30,32 @@ interface NodemailerError extends Error {
   rejectedErrors?: NodemailerError[];
 }
 
-/**
- * Sends one message as raw bytes, so the body reaches smtpd exactly as
- * given (nodemailer only turns LF into CRLF and dot-stuffs on the wire).
- * Recipients refused with 5xx come back in `rejected`; any 4xx, at any
- * step, rejects the promise with an SmtpError carrying the code.
- */
-export async function sendMail(o: {
-  port: number;
+export interface OutgoingMail {
   from: string;
   to: string[];
   subject?: string;
   body: string | Buffer;
-}): Promise<{ accepted: string[]; rejected: string[]; response: string }> {
-  const headers = [
-    `From: <${o.from}>`,
-    `To: ${o.to.map((a) => `<${a}>`).join(',\n ')}`,
-    `Subject: ${o.subject ?? 'harness test'}`,
-    `Date: ${new Date().toUTCString()}`,
-    `Message-ID: <${randomBytes(12).toString('hex')}@harness.test>`,
-    'MIME-Version: 1.0',
-    'Content-Type: text/plain; charset=utf-8',
-    'Content-Transfer-Encoding: 8bit',
-  ];
-  const raw = Buffer.concat([Buffer.from(headers.join('\n') + '\n\n'), Buffer.isBuffer(o.body) ? o.body : Buffer.from(o.body)]);
+}
+
+export interface SmtpClient {
+  send(mail: OutgoingMail): Promise<{ accepted: string[]; rejected: string[]; response: string }>;
+  close(): void;
+}
+
+/**
+ * An SMTP client on one connection that it keeps for every message, as a
+ * bulk sender does. Messages go as raw bytes, so the body reaches smtpd
+ * exactly as given (nodemailer only turns LF into CRLF and dot-stuffs on the
+ * wire). Recipients refused with 5xx come back in `rejected`; any 4xx, at
+ * any step, rejects the promise with an SmtpError carrying the code.
+ */
+export function openSmtpClient(port: number): SmtpClient {
   const transport = nodemailer.createTransport({
+    pool: true,
+    maxConnections: 1,
+    maxMessages: Infinity,
     host: '127.0.0.1',
-    port: o.port,
+    port,
     secure: false,
     ignoreTLS: true,
     name: 'harness.test',
@@ -68,26 +67,50 @@ export async function sendMail(o: {
     disableFileAccess: true,
     disableUrlAccess: true,
   });
+  return {
+    async send(o) {
+      const headers = [
+        `From: <${o.from}>`,
+        `To: ${o.to.map((a) => `<${a}>`).join(',\n ')}`,
+        `Subject: ${o.subject ?? 'harness test'}`,
+        `Date: ${new Date().toUTCString()}`,
+        `Message-ID: <${randomBytes(12).toString('hex')}@harness.test>`,
+        'MIME-Version: 1.0',
+        'Content-Type: text/plain; charset=utf-8',
+        'Content-Transfer-Encoding: 8bit',
+      ];
+      const raw = Buffer.concat([Buffer.from(headers.join('\n') + '\n\n'), Buffer.isBuffer(o.body) ? o.body : Buffer.from(o.body)]);
+      try {
+        const info = await transport.sendMail({ envelope: { from: o.from, to: o.to }, raw });
+        const accepted = addresses(info.accepted);
+        const rejected = addresses(info.rejected);
+        const deferred = ((info as { rejectedErrors?: NodemailerError[] }).rejectedErrors ?? []).find(isTemporary);
+        if (deferred) {
+          throw new SmtpError(`RCPT TO <${deferred.recipient}> got ${deferred.response}`, deferred.responseCode, accepted, rejected);
+        }
+        return { accepted, rejected, response: String(info.response) };
+      } catch (error) {
+        if (error instanceof SmtpError) throw error;
+        const e = error as NodemailerError;
+        const rejectedErrors = e.rejectedErrors ?? [];
+        if (e.code === 'EENVELOPE' && e.command === 'RCPT TO' && rejectedErrors.length && !rejectedErrors.some(isTemporary)) {
+          return { accepted: [], rejected: addresses(e.rejected ?? []), response: String(e.response) };
+        }
+        const code = rejectedErrors.find(isTemporary)?.responseCode ?? e.responseCode;
+        throw new SmtpError(`sending to ${o.to.join(', ')} on port ${port} failed: ${e.message}`, code);
+      }
+    },
+    close: () => transport.close(),
+  };
+}
+
+/** Sends one message on a connection of its own (see openSmtpClient). */
+export async function sendMail(o: OutgoingMail & { port: number }): Promise<{ accepted: string[]; rejected: string[]; response: string }> {
+  const client = openSmtpClient(o.port);
   try {
-    const info = await transport.sendMail({ envelope: { from: o.from, to: o.to }, raw });
-    const accepted = addresses(info.accepted);
-    const rejected = addresses(info.rejected);
-    const deferred = ((info as { rejectedErrors?: NodemailerError[] }).rejectedErrors ?? []).find(isTemporary);
-    if (deferred) {
-      throw new SmtpError(`RCPT TO <${deferred.recipient}> got ${deferred.response}`, deferred.responseCode, accepted, rejected);
-    }
-    return { accepted, rejected, response: String(info.response) };
-  } catch (error) {
-    if (error instanceof SmtpError) throw error;
-    const e = error as NodemailerError;
-    const rejectedErrors = e.rejectedErrors ?? [];
-    if (e.code === 'EENVELOPE' && e.command === 'RCPT TO' && rejectedErrors.length && !rejectedErrors.some(isTemporary)) {
-      return { accepted: [], rejected: addresses(e.rejected ?? []), response: String(e.response) };
-    }
-    const code = rejectedErrors.find(isTemporary)?.responseCode ?? e.responseCode;
-    throw new SmtpError(`sending to ${o.to.join(', ')} on port ${o.port} failed: ${e.message}`, code);
+    return await client.send(o);
   } finally {
-    transport.close();
+    client.close();
   }
 }
 

@@ -5,7 +5,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { promisify } from 'node:util';
-import { freePort } from '../../dev/emulator';
+import { freePort } from './emulator';
 
 /**
  * Runs Debian's real smtpd in the foreground, on a loopback port, with a

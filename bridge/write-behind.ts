@@ -1,0 +1,83 @@
+import { setTimeout as sleep } from 'node:timers/promises';
+import type { Logger } from '../lib/log';
+
+/**
+ * Mutations smtpd need not wait for (envelope deletes after delivery, which
+ * smtpd does not even check, and rollbacks that failed): each runs after the
+ * earlier ones of the same message, a few messages at a time, and is retried
+ * until it succeeds or fails for good. What is still pending when the bridge
+ * stops is lost, which means the mail is delivered again after a restart:
+ * a duplicate, never a loss.
+ */
+export class WriteBehind {
+  private readonly chains = new Map<string, Promise<void>>();
+  private readonly slots: (() => void)[] = [];
+  private running = 0;
+  private stopped = false;
+  pending = 0;
+
+  constructor(
+    private readonly log: Logger,
+    private readonly concurrency = 8,
+    private readonly retryMs = 2_000,
+  ) {}
+
+  add(key: string, what: string, work: () => Promise<void>, isFinal: (err: unknown) => boolean): void {
+    this.pending++;
+    const next = (this.chains.get(key) ?? Promise.resolve())
+      .then(() => this.attempt(what, work, isFinal))
+      .finally(() => {
+        this.pending--;
+        if (this.chains.get(key) === next) this.chains.delete(key);
+      });
+    this.chains.set(key, next);
+  }
+
+  /** Resolves once everything queued for `key` so far is done. */
+  settled(key: string): Promise<void> {
+    return this.chains.get(key) ?? Promise.resolve();
+  }
+
+  /** Waits up to `ms` for everything queued, then stops retrying; answers how many were left. */
+  async drain(ms: number): Promise<number> {
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([Promise.all(this.chains.values()), new Promise<void>((resolve) => (timer = setTimeout(resolve, ms)))]);
+    clearTimeout(timer);
+    this.stopped = true;
+    return this.pending;
+  }
+
+  private async attempt(what: string, work: () => Promise<void>, isFinal: (err: unknown) => boolean): Promise<void> {
+    for (let attempt = 1; !this.stopped; attempt++) {
+      await this.acquire();
+      try {
+        await work();
+        return;
+      } catch (err) {
+        if (isFinal(err)) {
+          this.log.error({ err }, `${what}: failed for good, dropped`);
+          return;
+        }
+        this.log.warn({ err, attempt }, `${what}: failed, will retry`);
+      } finally {
+        this.release();
+      }
+      await sleep(Math.min(this.retryMs * attempt, 30_000));
+    }
+    this.log.warn(`${what}: not done before the bridge stopped`);
+  }
+
+  private async acquire(): Promise<void> {
+    if (this.running < this.concurrency) {
+      this.running++;
+      return;
+    }
+    await new Promise<void>((resolve) => this.slots.push(resolve));
+  }
+
+  private release(): void {
+    const next = this.slots.shift();
+    if (next) next();
+    else this.running--;
+  }
+}
