@@ -6,6 +6,7 @@ import type { Logger } from '../lib/log';
 import { sha256hex } from '../lib/rules';
 import { CREATE_BATCH_MAX, type Envelope, type QueueStore } from '../lib/store';
 import { BodyFiles, readAllAndClose } from './bodyfile';
+import { Lease } from './lease';
 import { ENVELOPE_BUFFER, PROC_QUEUE_API_VERSION, type QueueBackend } from './protocol';
 import { WriteBehind } from './write-behind';
 
@@ -24,6 +25,8 @@ export interface BackendOptions {
   asyncDelete?: boolean;
   /** How long CLOSE and EOF wait for background writes (default: 15 s). */
   drainMs?: number;
+  /** This instance's lease on its messages (default: 60 s). */
+  leaseMs?: number;
 }
 
 const RESERVE_LOW = 4;
@@ -59,7 +62,8 @@ export class Backend implements QueueBackend {
   private readonly later: WriteBehind;
   private readonly asyncDelete: boolean;
   private readonly drainMs: number;
-  private readonly walk = new StartupWalk();
+  private readonly walk: StartupWalk;
+  private readonly lease: Lease;
   private closed = false;
 
   constructor(options: BackendOptions) {
@@ -73,12 +77,19 @@ export class Backend implements QueueBackend {
     this.drainMs = options.drainMs ?? 15_000;
     const max = options.cacheBytes ?? 64 * 1024 * 1024;
     this.bodies = new LRUCache({ maxSize: Math.max(max, 1), sizeCalculation: (body) => Math.max(body.length, 1), maxEntrySize: Math.max(max / 4, 1) });
+    // bodies kept while the lease was sure may belong to another instance by the time it is sure again
+    this.lease = new Lease(this.store, this.owner, options.leaseMs ?? 60_000, this.log, () => this.bodies.clear());
+    this.walk = new StartupWalk(() => this.lease.markWalkDone());
   }
 
   async init(version: number): Promise<void> {
     if (version !== PROC_QUEUE_API_VERSION) this.log.warn({ version }, `smtpd speaks queue API version ${version}, this bridge ${PROC_QUEUE_API_VERSION}`);
-    this.walk.start(this.store, this.owner, this.log);
     const startup = (async () => {
+      await this.lease.renew();
+      this.lease.start();
+      await this.takeOver();
+      // after the takeover, so that what it claimed is this instance's when the walk's snapshot is taken
+      this.walk.start(this.store, this.owner, this.log);
       try {
         const purged = await this.store.messagePurge(this.owner, []);
         if (purged > 0) this.log.info({ purged }, `purged ${purged} uncommitted messages left by an earlier run`);
@@ -91,6 +102,22 @@ export class Backend implements QueueBackend {
     await within(startup, this.initWaitMs);
   }
 
+  /** Claims the messages of instances whose lease has expired; the walk then hands them to smtpd. */
+  private async takeOver(): Promise<void> {
+    try {
+      for (let more = true, rounds = 0; more && rounds < 100; rounds++) {
+        const takeover = await this.store.queueTakeover(this.owner, { limit: 200 });
+        for (const { msgid, from } of takeover.claimed) this.log.info({ msgid, from }, `took over message ${msgid} from ${from}`);
+        if (takeover.claimed.length > 0 || takeover.purged > 0) {
+          this.log.warn({ claimed: takeover.claimed.length, purged: takeover.purged }, `took over ${takeover.claimed.length} messages of dead instances`);
+        }
+        more = takeover.more;
+      }
+    } catch (err) {
+      this.log.warn({ err }, 'could not take over the messages of dead instances; the next start or `queue-rest takeover` will');
+    }
+  }
+
   /** Background writes not done yet. */
   get pendingWrites(): number {
     return this.later.pending;
@@ -99,6 +126,8 @@ export class Backend implements QueueBackend {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    // the lease is left to run out rather than released: a restart keeps its mail
+    this.lease.stop();
     const left = await this.later.drain(this.drainMs);
     if (left > 0) this.log.warn({ left }, `${left} background writes were not done; their mail may be delivered again after a restart`);
     if (this.reserved.splice(0).length > 0) {
@@ -144,6 +173,7 @@ export class Backend implements QueueBackend {
   }
 
   async messageFd(msgid: Msgid): Promise<number> {
+    if (!this.lease.isSure()) throw new Error(`not delivering ${msgid}: the lease may have run out and another instance may own it`);
     const body = this.bodies.get(msgid) ?? (await this.store.messageRead(msgid, { owner: this.owner })).data;
     return this.files.open(body);
   }
@@ -244,6 +274,8 @@ export class Backend implements QueueBackend {
  * already has those).
  */
 class StartupWalk {
+  constructor(private readonly onDone: () => void) {}
+
   private store?: QueueStore;
   private owner = '';
   private log?: Logger;
@@ -335,6 +367,7 @@ class StartupWalk {
       this.log?.info({ envelopes: this.handedOut.size }, `walk done: ${this.handedOut.size} envelopes loaded into smtpd`);
       this.handedOut.clear();
       this.excluded.clear();
+      this.onDone();
     }
     return 'done';
   }

@@ -12,14 +12,17 @@ import {
   DEFAULT_LIMITS,
   type Commit,
   type Envelope,
+  type InstanceInfo,
   type Limits,
   type MessageInfo,
   type MessageWalk,
   type OwnerCheck,
   type Page,
   type PageRequest,
+  type QueueCount,
   type QueueStore,
   type ReadRange,
+  type Takeover,
 } from '../lib/store';
 
 /**
@@ -48,10 +51,13 @@ export interface ClientOptions {
 }
 
 const PART_BYTES = 8 * CHUNK_BYTES;
+const TAKEOVER_TIMEOUT_MS = 60_000;
 const RETRY_STATUS = new Set([408, 429, 500, 502, 503, 504]);
 
 interface Call {
   method: 'GET' | 'POST' | 'PUT';
+  /** Deadline of one attempt, when the call's work can take longer than usual. */
+  timeoutMs?: number;
   query?: Record<string, string | number | undefined>;
   json?: unknown;
   bytes?: Buffer;
@@ -184,6 +190,25 @@ export class HttpQueueStore implements QueueStore {
     return (await this.json('messagePurge', Responses.messagePurge, { method: 'POST', json: { owner, keep } })).purged;
   }
 
+  async instanceHeartbeat(instance: string, leaseMs: number, state: { walkDone?: boolean; startedAt?: Date } = {}): Promise<InstanceInfo> {
+    const json = { instance, leaseMs, walkDone: state.walkDone, startedAt: state.startedAt?.toISOString() };
+    return (await this.json('instanceHeartbeat', Responses.instanceHeartbeat, { method: 'POST', json })).instance;
+  }
+
+  async instanceList(): Promise<InstanceInfo[]> {
+    return (await this.json('queueStatus', Responses.queueStatus, { method: 'GET' })).instances;
+  }
+
+  async queueTakeover(claimant: string, options: { from?: string[]; limit?: number } = {}): Promise<Takeover> {
+    // a takeover claims many messages in several transactions
+    const timeoutMs = Math.max(this.timeoutMs, TAKEOVER_TIMEOUT_MS);
+    return this.json('queueTakeover', Responses.queueTakeover, { method: 'POST', json: { owner: claimant, ...options }, timeoutMs });
+  }
+
+  async queueCounts(): Promise<QueueCount[]> {
+    return (await this.json('queueStatus', Responses.queueStatus, { method: 'GET' })).counts;
+  }
+
   async close(): Promise<void> {
     await this.agent.close();
   }
@@ -249,7 +274,7 @@ export class HttpQueueStore implements QueueStore {
       method: call.method as Dispatcher.HttpMethod,
       headers,
       body,
-      signal: AbortSignal.timeout(this.timeoutMs),
+      signal: AbortSignal.timeout(call.timeoutMs ?? this.timeoutMs),
     });
     const chunks: Buffer[] = [];
     for await (const chunk of res.body) chunks.push(chunk as Buffer);

@@ -32,6 +32,8 @@ export interface BridgeConfig {
   tmpDir: string;
   /** Answer ENVELOPE_DELETE before the service has it (bridge/write-behind.ts). */
   asyncDelete: boolean;
+  /** This instance's lease on its messages, in ms (docs/pool.md). */
+  leaseMs: number;
 }
 
 const KEYS = [
@@ -51,6 +53,7 @@ const KEYS = [
   'stats-file',
   'tmp',
   'async-delete',
+  'lease',
 ] as const;
 
 const ms = z.coerce.number().int().min(1);
@@ -72,6 +75,7 @@ const Settings = z.object({
   'stats-file': z.string().optional(),
   tmp: z.string().default(tmpdir()),
   'async-delete': z.enum(['yes', 'no']).default('yes'),
+  lease: z.coerce.number().int().min(1000).default(60_000),
 });
 
 /** Where logs go when there is no syslog: a daemonized smtpd gives the bridge /dev/null as stderr. */
@@ -137,6 +141,7 @@ export function loadBridgeConfig(arg: string | undefined, env: NodeJS.ProcessEnv
     statsFile: s['stats-file'],
     tmpDir: s.tmp,
     asyncDelete: s['async-delete'] === 'yes',
+    leaseMs: s.lease,
   };
 }
 

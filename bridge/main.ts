@@ -4,6 +4,7 @@ import path from 'node:path';
 import { GoogleAuth, type IdTokenClient } from 'google-auth-library';
 import pino from 'pino';
 import { createLogger } from '../lib/log';
+import { admin, ADMIN_COMMANDS } from './admin';
 import { Backend } from './backend';
 import { closeQuietly, SmtpdChannel } from './channel';
 import { HttpQueueStore } from './client';
@@ -16,7 +17,9 @@ import { Stats } from './stats';
  * queue-rest: the program smtpd runs for `-B queue=rest:ARG`, as root, with
  * its queue socket on fd 0. It must never take smtpd down: it answers every
  * request (a failure is r=0, an empty LOAD or no fd), ignores the signals
- * that stop services, and exits only when smtpd closes the socket.
+ * that stop services, and exits only when smtpd closes the socket. Run by an
+ * administrator with a command first (status, show, takeover), it is the
+ * queue's admin tool instead (bridge/admin.ts).
  */
 const counters = { smtpd: new Stats(), http: new Stats() };
 const startedAt = new Date().toISOString();
@@ -69,6 +72,7 @@ async function main(): Promise<void> {
       cacheBytes: config.cacheBytes,
       asyncDelete: config.asyncDelete,
       drainMs: config.retryBudgetMs,
+      leaseMs: config.leaseMs,
     });
     log.info({ url: config.url, auth: config.auth, imsg: config.imsg }, `queue-rest ${config.instance} serving smtpd with ${config.url}`);
   } catch (err) {
@@ -207,9 +211,26 @@ function unavailable(why: string): QueueBackend {
   };
 }
 
-main().catch((err: unknown) => {
+function start(): void {
+  const command = process.argv[2];
+  if ((ADMIN_COMMANDS as readonly string[]).includes(command ?? '')) {
+    admin(process.argv.slice(2)).then(
+      (code) => process.exit(code),
+      (err: unknown) => {
+        process.stderr.write(`queue-rest ${command}: ${(err as Error).message}\n`);
+        process.exit(1);
+      },
+    );
+    return;
+  }
+  main().catch(failedToStart);
+}
+
+function failedToStart(err: unknown): void {
   // only a bug gets here; smtpd would die with us, so answer failures until it closes the socket
   const log = createLogger({ name: 'queue-rest', destination: pino.destination(2) });
   log.fatal({ err }, 'queue-rest failed to start');
   void new SmtpdChannel(0, '6.8', log, async (m) => failureReply(m.type)).run().then(() => process.exit(0));
-});
+}
+
+start();

@@ -42,6 +42,12 @@ export interface SmtpdOptions {
   keepSpool?: boolean;
   /** How long to wait for smtpd to answer EHLO; default 20 s. */
   startTimeoutMs?: number;
+  /**
+   * Run in a mount namespace of its own, with its own spool and /run (for the
+   * control socket), so that several smtpd can run on one machine: a pool of
+   * MX. Needs unshare(1) and root.
+   */
+  isolated?: boolean;
 }
 
 export interface Smtpd {
@@ -57,6 +63,8 @@ export interface Smtpd {
   waitForOutput(re: RegExp, ms?: number): Promise<void>;
   /** Runs smtpctl (e.g. 'show', 'queue' or 'schedule', 'all') against this smtpd; resolves with its stdout. */
   smtpctl(...args: string[]): Promise<string>;
+  /** The smtpctl command line for this smtpd, e.g. for queue-rest takeover --smtpctl. */
+  smtpctlCommand: string;
   /** The exit code; null when a signal ended it. */
   exited: Promise<number | null>;
   /** SIGTERM and wait for exit; smtpd sends CLOSE to its queue backend first. */
@@ -66,6 +74,7 @@ export interface Smtpd {
 }
 
 const running = new Set<Smtpd>();
+const isolatedPids = new Set<number>();
 const tempDirs = new Set<string>();
 const processGroups = new Set<number>();
 
@@ -178,7 +187,7 @@ export function smtpdConfig(o: { dir: string; port: number; relayPort: number; c
 }
 
 export async function startSmtpd(options: SmtpdOptions): Promise<Smtpd> {
-  const others = smtpdPids();
+  const others = options.isolated ? [] : smtpdPids().filter((pid) => !isolatedPids.has(pid));
   if (others.length) {
     throw new Error(
       `smtpd is already running (pid ${others.join(', ')}). Every smtpd on this machine shares the spool ${SPOOL} ` +
@@ -189,7 +198,7 @@ export async function startSmtpd(options: SmtpdOptions): Promise<Smtpd> {
     throw new Error(`smtpd 6.8 takes a queue encryption key of exactly ${ENCRYPTION_KEY_LENGTH} bytes, not ${Buffer.byteLength(options.encryption)}`);
   }
   const user = testUser();
-  if (!options.keepSpool) emptySpool();
+  if (!options.keepSpool && !options.isolated) emptySpool();
 
   const dir = mkdtempSync(path.join(os.tmpdir(), 'smtpd-harness-'));
   tempDirs.add(dir);
@@ -208,13 +217,16 @@ export async function startSmtpd(options: SmtpdOptions): Promise<Smtpd> {
   if (options.trace) args.push('-v', '-T', 'queue');
   if (options.queue !== undefined) args.push('-B', `queue=${options.queue}`);
   // its own process group, so that stop() can also reach smtpd's children and the queue backend
-  const child = spawn(SMTPD, args, { cwd: dir, env: { ...process.env, ...options.env }, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
+  const [command, commandArgs] = options.isolated ? isolatedCommand(dir, args) : [SMTPD, args];
+  const child = spawn(command, commandArgs, { cwd: dir, env: { ...process.env, ...options.env }, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
   const pid = child.pid;
   if (pid === undefined) {
     const error = await new Promise<Error>((resolve) => child.once('error', resolve));
     throw new Error(`cannot run ${SMTPD}: ${error.message}`);
   }
   processGroups.add(pid);
+  if (options.isolated) isolatedPids.add(pid);
+  const smtpctlCommand = options.isolated ? `nsenter --mount=/proc/${pid}/ns/mnt ${SMTPCTL}` : SMTPCTL;
 
   let output = '';
   child.stdout!.setEncoding('utf8').on('data', (s: string) => (output += s));
@@ -250,10 +262,12 @@ export async function startSmtpd(options: SmtpdOptions): Promise<Smtpd> {
         await sleep(50);
       }
     },
+    smtpctlCommand,
     async smtpctl(...ctlArgs) {
       if (hasExited) throw new Error(`smtpctl ${ctlArgs.join(' ')}: smtpd is not running; ${describe()}`);
       try {
-        const { stdout } = await promisify(execFile)(SMTPCTL, ctlArgs, { encoding: 'utf8', timeout: 15_000 });
+        const [ctl, ...prefix] = smtpctlCommand.split(' ');
+        const { stdout } = await promisify(execFile)(ctl, [...prefix, ...ctlArgs], { encoding: 'utf8', timeout: 15_000 });
         return stdout;
       } catch (error) {
         const e = error as Error & { stderr?: string };
@@ -301,6 +315,22 @@ export async function stopAllSmtpd(): Promise<void> {
   for (const dir of tempDirs) rmSync(dir, { recursive: true, force: true });
   tempDirs.clear();
   if (smtpdPids().length === 0) emptySpool();
+}
+
+/**
+ * smtpd in a mount namespace of its own: its spool and /run (where the
+ * control socket and pid file go) are folders of its temp dir. unshare execs
+ * sh, which execs smtpd, so the child's pid is smtpd's.
+ */
+function isolatedCommand(dir: string, args: string[]): [string, string[]] {
+  const spool = path.join(dir, 'spool');
+  const run = path.join(dir, 'run');
+  mkdirSync(spool, { mode: 0o711 });
+  chmodSync(spool, 0o711);
+  mkdirSync(run, { mode: 0o755 });
+  const quoted = [SMTPD, ...args].map((a) => `'${a.replace(/'/g, `'\\''`)}'`).join(' ');
+  const script = `mount --bind '${spool}' ${SPOOL} && mount --bind '${run}' /run && exec ${quoted}`;
+  return ['unshare', ['--mount', '--propagation', 'private', 'sh', '-c', script]];
 }
 
 function signalGroup(pgid: number, signal: NodeJS.Signals): void {

@@ -1,7 +1,7 @@
 import { z } from 'zod';
 import { Base64, b64 } from './http';
 import { Evpid, Msgid, Owner } from './ids';
-import { CREATE_BATCH_MAX, PAGE_MAX, type Envelope, type MessageInfo } from './store';
+import { CREATE_BATCH_MAX, PAGE_MAX, TAKEOVER_MAX, type Envelope, type InstanceInfo, type MessageInfo } from './store';
 
 /**
  * The HTTP shapes of the queue API, shared by the functions (which parse
@@ -24,6 +24,9 @@ export const FUNCTION_NAMES = [
   'envelopeLoad',
   'envelopeUpdate',
   'envelopeWalk',
+  'instanceHeartbeat',
+  'queueStatus',
+  'queueTakeover',
 ] as const;
 
 export type FunctionName = (typeof FUNCTION_NAMES)[number];
@@ -40,6 +43,7 @@ export const toMessageJson = (m: MessageInfo) => ({
   sha256: m.sha256,
   createdAt: m.createdAt.toISOString(),
   committedAt: m.committedAt?.toISOString() ?? null,
+  claimedAt: m.claimedAt?.toISOString() ?? null,
 });
 
 export const MessageJson = z.object({
@@ -53,6 +57,31 @@ export const MessageJson = z.object({
     .string()
     .nullable()
     .transform((s) => (s === null ? null : new Date(s))),
+  claimedAt: z
+    .string()
+    .nullable()
+    .optional()
+    .transform((s) => (s ? new Date(s) : null)),
+});
+
+export const toInstanceJson = (i: InstanceInfo) => ({
+  instance: i.instance,
+  leaseUntil: i.leaseUntil.toISOString(),
+  heartbeatAt: i.heartbeatAt.toISOString(),
+  startedAt: i.startedAt.toISOString(),
+  walkDone: i.walkDone,
+  alive: i.alive,
+});
+
+const IsoDate = z.iso.datetime().transform((s) => new Date(s));
+
+export const InstanceJson = z.object({
+  instance: z.string(),
+  leaseUntil: IsoDate,
+  heartbeatAt: IsoDate,
+  startedAt: IsoDate,
+  walkDone: z.boolean(),
+  alive: z.boolean(),
 });
 
 export const Sha256 = z.string().regex(/^[0-9a-f]{64}$/, 'sha256 must be 64 lowercase hex digits');
@@ -89,6 +118,18 @@ export const Requests = {
     maxBytes: z.coerce.number().int().min(1).max(16 * 1024 * 1024).optional(),
     ...owned,
   }),
+  instanceHeartbeat: z.strictObject({
+    instance: Owner,
+    leaseMs: z.number().int().min(1000).max(24 * 3600 * 1000),
+    walkDone: z.boolean().optional(),
+    startedAt: IsoDate.optional(),
+  }),
+  queueStatus: z.strictObject({}),
+  queueTakeover: z.strictObject({
+    owner: Owner,
+    from: z.array(Owner).min(1).max(100).optional(),
+    limit: z.number().int().min(1).max(TAKEOVER_MAX).optional(),
+  }),
 } satisfies Record<FunctionName, z.ZodType>;
 
 export const Responses = {
@@ -102,4 +143,14 @@ export const Responses = {
   envelopeDelete: z.object({ evpid: Evpid, deleted: z.boolean(), messageDeleted: z.boolean() }),
   envelopeLoad: z.object({ evpid: Evpid, data: Base64 }),
   envelopeWalk: z.object({ envelopes: z.array(EnvelopeJson), cursor: z.string().nullable() }),
+  instanceHeartbeat: z.object({ instance: InstanceJson }),
+  queueStatus: z.object({
+    instances: z.array(InstanceJson),
+    counts: z.array(z.object({ owner: z.string(), state: z.enum(['incoming', 'queued', 'corrupt']), messages: z.number() })),
+  }),
+  queueTakeover: z.object({
+    claimed: z.array(z.object({ msgid: Msgid, from: z.string(), evpids: z.array(Evpid) })),
+    purged: z.number(),
+    more: z.boolean(),
+  }),
 };

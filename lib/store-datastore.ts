@@ -22,15 +22,20 @@ import {
   CHUNK_BYTES,
   DEFAULT_LIMITS,
   type Commit,
+  TAKEOVER_DEFAULT,
+  TAKEOVER_MAX,
   type Envelope,
+  type InstanceInfo,
   type Limits,
   type MessageInfo,
   type MessageWalk,
   type OwnerCheck,
   type Page,
   type PageRequest,
+  type QueueCount,
   type QueueStore,
   type ReadRange,
+  type Takeover,
 } from './store';
 
 export interface DatastoreQueueOptions {
@@ -52,6 +57,7 @@ export interface DatastoreQueueOptions {
  *   Message/<msgid>/Chunk/<000000>    a piece of the body, CHUNK_BYTES at most
  *   Message/<msgid>/Envelope/<evpid>  an envelope: data, createdAt
  *   Message/<msgid>/Tally/envelopes   how many envelopes the message has: count
+ *   Instance/<instance>               an MX of the pool: leaseUntil, heartbeatAt, startedAt, walkDone
  * Chunks and envelopes of an incoming message already sit under its Message
  * key, but nothing reads them until the Message entity exists, so a commit is
  * the single atomic insert of that entity (plus whatever fits with it).
@@ -65,6 +71,7 @@ const INDEXED: Record<string, readonly string[]> = {
   Envelope: [],
   Chunk: [],
   Tally: [],
+  Instance: ['leaseUntil'],
 };
 
 /** Datastore's 4 MiB request cap on the emulators, with room for keys and framing. */
@@ -75,6 +82,8 @@ const TX_ATTEMPTS = 10;
 const WALK_MESSAGES = 50;
 const WALK_PARALLEL = 8;
 const WALK_ENVELOPES_PER_QUERY = 200;
+/** Messages claimed per transaction: few, so that claimants racing for the same orphans rarely wait on each other. */
+const CLAIM_BATCH = 10;
 
 type Props = Record<string, string | number | Date | Buffer | null>;
 type Stored = Props & { [Datastore.KEY]: Key };
@@ -277,7 +286,8 @@ export class DatastoreQueueStore implements QueueStore {
         const fetched = await Promise.all(
           window.map((row) => {
             const msgid = row[Datastore.KEY].name!;
-            if ((row.committedAt as Date).getTime() > pos.t0) return { msgid, rows: [], more: false };
+            const claimedAt = (row.claimedAt as Date | null | undefined)?.getTime() ?? 0;
+            if ((row.committedAt as Date).getTime() > pos.t0 || claimedAt > pos.t0) return { msgid, rows: [], more: false };
             const from = msgid === after.m ? after.e : undefined;
             return this.envelopesOf(msgid, from, Math.min(limit - items.length + 1, WALK_ENVELOPES_PER_QUERY)).then((r) => ({ msgid, ...r }));
           }),
@@ -320,6 +330,91 @@ export class DatastoreQueueStore implements QueueStore {
       if (removed) purged++;
     }
     return purged;
+  }
+
+  async instanceHeartbeat(instance: string, leaseMs: number, state: { walkDone?: boolean; startedAt?: Date } = {}): Promise<InstanceInfo> {
+    const now = new Date();
+    const data = {
+      leaseUntil: new Date(now.getTime() + leaseMs),
+      heartbeatAt: now,
+      startedAt: state.startedAt ?? now,
+      walkDone: state.walkDone ? 1 : 0,
+    };
+    try {
+      await this.ds.save(this.entity(this.instanceKey(instance), data), { timeout: this.gax.timeout });
+    } catch (err) {
+      throw storageError(err);
+    }
+    return toInstance(instance, data, now.getTime());
+  }
+
+  async instanceList(): Promise<InstanceInfo[]> {
+    const rows = await this.query(this.ds, this.ds.createQuery('Instance'));
+    const now = Date.now();
+    return rows.map((row) => toInstance(row[Datastore.KEY].name!, row, now)).sort((a, b) => a.instance.localeCompare(b.instance));
+  }
+
+  async queueTakeover(claimant: string, options: { from?: string[]; limit?: number } = {}): Promise<Takeover> {
+    const limit = Math.min(Math.max(options.limit ?? TAKEOVER_DEFAULT, 1), TAKEOVER_MAX);
+    const expired = await this.query(this.ds, this.ds.createQuery('Instance').filter(new PropertyFilter('leaseUntil', '<', new Date())).select('__key__'));
+    const dead = expired.map((row) => row[Datastore.KEY].name!).filter((i) => i !== claimant && (!options.from || options.from.includes(i)));
+    const result: Takeover = { claimed: [], purged: 0, more: false };
+    for (const owner of dead) {
+      result.purged += await this.messagePurge(owner);
+      const wanted = limit - result.claimed.length;
+      if (wanted <= 0) {
+        result.more = true;
+        break;
+      }
+      const filter = and([new PropertyFilter('owner', '=', owner), new PropertyFilter('state', '=', 'queued')]);
+      const rows = await this.query(this.ds, this.ds.createQuery('Message').filter(filter).select('__key__').limit(wanted + 1));
+      if (rows.length > wanted) result.more = true;
+      // in a random order, so that claimants racing for the same orphans mostly take different ones
+      const msgids = shuffle(rows.slice(0, wanted).map((row) => row[Datastore.KEY].name!));
+      for (let i = 0; i < msgids.length; i += CLAIM_BATCH) {
+        const claimed = await this.claim(msgids.slice(i, i + CLAIM_BATCH), owner, claimant);
+        const evpids = await Promise.all(claimed.map((msgid) => this.envelopeIds(msgid)));
+        claimed.forEach((msgid, j) => result.claimed.push({ msgid, from: owner, evpids: evpids[j] }));
+      }
+    }
+    return result;
+  }
+
+  async queueCounts(): Promise<QueueCount[]> {
+    const counts = new Map<string, QueueCount>();
+    const add = (owner: string, state: QueueCount['state']) => {
+      const key = `${owner}\0${state}`;
+      const count = counts.get(key) ?? { owner, state, messages: 0 };
+      count.messages++;
+      counts.set(key, count);
+    };
+    const [messages, incoming] = await Promise.all([this.query(this.ds, this.ds.createQuery('Message')), this.query(this.ds, this.ds.createQuery('Incoming'))]);
+    for (const row of messages) add(String(row.owner), row.state === 'corrupt' ? 'corrupt' : 'queued');
+    for (const row of incoming) add(String(row.owner), 'incoming');
+    return [...counts.values()].sort((a, b) => a.owner.localeCompare(b.owner) || a.state.localeCompare(b.state));
+  }
+
+  /** Moves messages from a dead owner to `claimant` in one transaction; answers those it moved. */
+  private async claim(msgids: Msgid[], from: string, claimant: string): Promise<Msgid[]> {
+    return this.transaction(async (tx) => {
+      const found = await this.lookup(tx, [this.instanceKey(from), ...msgids.map((m) => this.messageKey(m))]);
+      const instance = found.get(this.instanceKey(from));
+      if (!instance || (instance.leaseUntil as Date).getTime() >= Date.now()) return [];
+      const claimedAt = new Date();
+      const moved: Msgid[] = [];
+      for (const msgid of msgids) {
+        const row = found.get(this.messageKey(msgid));
+        if (!row || row.owner !== from || row.state !== 'queued') continue;
+        tx.update(this.entity(this.messageKey(msgid), { ...stripKey(row), owner: claimant, claimedAt }));
+        moved.push(msgid);
+      }
+      return moved;
+    });
+  }
+
+  private async envelopeIds(msgid: Msgid): Promise<Evpid[]> {
+    const rows = await this.query(this.ds, this.envelopeQuery(msgid).select('__key__'));
+    return rows.map((row) => row[Datastore.KEY].name!).sort();
   }
 
   async close(): Promise<void> {
@@ -569,6 +664,10 @@ export class DatastoreQueueStore implements QueueStore {
     return this.ds.key(['Message', msgid, 'Tally', 'envelopes']);
   }
 
+  private instanceKey(instance: string): Key {
+    return this.ds.key(['Instance', instance]);
+  }
+
   private messageKey(msgid: Msgid): Key {
     return this.ds.key(['Message', msgid]);
   }
@@ -609,6 +708,19 @@ function toInfo(msgid: Msgid, row: Props): MessageInfo {
     sha256: String(row.sha256),
     createdAt: row.createdAt as Date,
     committedAt: row.committedAt as Date,
+    claimedAt: (row.claimedAt as Date | undefined) ?? null,
+  };
+}
+
+function toInstance(instance: string, row: Props, now: number): InstanceInfo {
+  const leaseUntil = row.leaseUntil as Date;
+  return {
+    instance,
+    leaseUntil,
+    heartbeatAt: row.heartbeatAt as Date,
+    startedAt: row.startedAt as Date,
+    walkDone: Boolean(row.walkDone),
+    alive: leaseUntil.getTime() > now,
   };
 }
 
@@ -623,6 +735,14 @@ function incomingInfo(msgid: Msgid, row: Props): MessageInfo {
 function stripKey(row: Stored): Props {
   const { [Datastore.KEY]: _key, ...data } = row;
   return data;
+}
+
+function shuffle<T>(items: T[]): T[] {
+  for (let i = items.length - 1; i > 0; i--) {
+    const j = Math.floor(Math.random() * (i + 1));
+    [items[i], items[j]] = [items[j], items[i]];
+  }
+  return items;
 }
 
 function range(from: number, to: number): number[] {

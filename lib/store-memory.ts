@@ -19,15 +19,20 @@ import {
   CHUNK_BYTES,
   DEFAULT_LIMITS,
   type Commit,
+  TAKEOVER_DEFAULT,
+  TAKEOVER_MAX,
   type Envelope,
+  type InstanceInfo,
   type Limits,
   type MessageInfo,
   type MessageWalk,
   type OwnerCheck,
   type Page,
   type PageRequest,
+  type QueueCount,
   type QueueStore,
   type ReadRange,
+  type Takeover,
 } from './store';
 
 interface StoredEnvelope {
@@ -49,6 +54,7 @@ interface StoredMessage {
  */
 export class MemoryQueueStore implements QueueStore {
   private readonly messages = new Map<Msgid, StoredMessage>();
+  private readonly instances = new Map<string, Omit<InstanceInfo, 'alive'>>();
 
   constructor(readonly limits: Limits = DEFAULT_LIMITS) {}
 
@@ -203,6 +209,7 @@ export class MemoryQueueStore implements QueueStore {
       if (pos.m && msgid < pos.m) continue;
       const { info } = m;
       if (info.state !== 'queued' || (info.committedAt?.getTime() ?? Infinity) > pos.t0) continue;
+      if ((info.claimedAt?.getTime() ?? 0) > pos.t0) continue;
       if (page.owner !== undefined && info.owner !== page.owner) continue;
       for (const [evpid, stored] of sortedEntries(m.envelopes)) {
         if (msgid === pos.m && (!pos.e || evpid <= pos.e)) continue;
@@ -224,6 +231,62 @@ export class MemoryQueueStore implements QueueStore {
       }
     }
     return purged;
+  }
+
+  async instanceHeartbeat(instance: string, leaseMs: number, state: { walkDone?: boolean; startedAt?: Date } = {}): Promise<InstanceInfo> {
+    const now = Date.now();
+    const record = {
+      instance,
+      leaseUntil: new Date(now + leaseMs),
+      heartbeatAt: new Date(now),
+      startedAt: state.startedAt ?? this.instances.get(instance)?.startedAt ?? new Date(now),
+      walkDone: state.walkDone ?? false,
+    };
+    this.instances.set(instance, record);
+    return { ...record, alive: true };
+  }
+
+  async instanceList(): Promise<InstanceInfo[]> {
+    const now = Date.now();
+    return [...this.instances.values()].sort((a, b) => a.instance.localeCompare(b.instance)).map((i) => ({ ...i, alive: i.leaseUntil.getTime() > now }));
+  }
+
+  async queueTakeover(claimant: string, options: { from?: string[]; limit?: number } = {}): Promise<Takeover> {
+    const now = Date.now();
+    const dead = new Set(
+      (await this.instanceList())
+        .filter((i) => !i.alive && i.instance !== claimant && (!options.from || options.from.includes(i.instance)))
+        .map((i) => i.instance),
+    );
+    const limit = Math.min(Math.max(options.limit ?? TAKEOVER_DEFAULT, 1), TAKEOVER_MAX);
+    const result: Takeover = { claimed: [], purged: 0, more: false };
+    for (const [msgid, m] of sortedEntries(this.messages)) {
+      if (!dead.has(m.info.owner)) continue;
+      if (m.info.state === 'incoming') {
+        this.messages.delete(msgid);
+        result.purged++;
+      } else if (m.info.state === 'queued') {
+        if (result.claimed.length === limit) {
+          result.more = true;
+          continue;
+        }
+        result.claimed.push({ msgid, from: m.info.owner, evpids: [...m.envelopes.keys()].sort() });
+        m.info.owner = claimant;
+        m.info.claimedAt = new Date(now);
+      }
+    }
+    return result;
+  }
+
+  async queueCounts(): Promise<QueueCount[]> {
+    const counts = new Map<string, QueueCount>();
+    for (const { info } of this.messages.values()) {
+      const key = `${info.owner}\0${info.state}`;
+      const count = counts.get(key) ?? { owner: info.owner, state: info.state, messages: 0 };
+      count.messages++;
+      counts.set(key, count);
+    }
+    return [...counts.values()].sort((a, b) => a.owner.localeCompare(b.owner) || a.state.localeCompare(b.state));
   }
 
   async close(): Promise<void> {}

@@ -99,6 +99,29 @@ export interface QueueStore {
   /** Deletes `owner`'s incoming messages except `keep`; returns how many. */
   messagePurge(owner: string, keep?: Msgid[]): Promise<number>;
 
+  /**
+   * Records that `instance` is alive for `leaseMs` from now (a pool of MX on
+   * one queue, docs/pool.md): one write. `walkDone` says its smtpd has loaded
+   * the queue, after which messages may be fed to it one by one.
+   */
+  instanceHeartbeat(instance: string, leaseMs: number, state?: { walkDone?: boolean; startedAt?: Date }): Promise<InstanceInfo>;
+
+  /** Every instance that ever sent a heartbeat, with its lease. */
+  instanceList(): Promise<InstanceInfo[]>;
+
+  /**
+   * Gives `claimant` the queued messages of instances whose lease has expired
+   * (of those in `from`, if given), each atomically: of two claimants racing
+   * for a message, exactly one gets it. Also deletes those instances'
+   * uncommitted messages. At most `limit` messages per call; `more` says
+   * whether orphans are left. An owner that never sent a heartbeat is not an
+   * instance and keeps its messages.
+   */
+  queueTakeover(claimant: string, options?: { from?: string[]; limit?: number }): Promise<Takeover>;
+
+  /** How many messages each owner has, by state. */
+  queueCounts(): Promise<QueueCount[]>;
+
   close(): Promise<void>;
 }
 
@@ -171,6 +194,8 @@ export interface MessageInfo {
   msgid: Msgid;
   state: MessageState;
   owner: string;
+  /** When the message last changed owner by a takeover, if ever. */
+  claimedAt?: Date | null;
   /** Body size and sha256, known once committed. */
   size: number | null;
   sha256: string | null;
@@ -181,3 +206,31 @@ export interface MessageInfo {
 export interface MessageWalk extends Page<Envelope> {
   message: MessageInfo;
 }
+
+export interface InstanceInfo {
+  instance: string;
+  /** Until when the instance owns its messages without renewing. */
+  leaseUntil: Date;
+  heartbeatAt: Date;
+  /** When the instance says it started (its first heartbeat, if it does not say). */
+  startedAt: Date;
+  walkDone: boolean;
+  /** Whether the lease still holds, by the store's clock. */
+  alive: boolean;
+}
+
+export interface Takeover {
+  claimed: { msgid: Msgid; from: string; evpids: Evpid[] }[];
+  /** Uncommitted messages of dead instances deleted. */
+  purged: number;
+  more: boolean;
+}
+
+export interface QueueCount {
+  owner: string;
+  state: MessageState;
+  messages: number;
+}
+
+export const TAKEOVER_DEFAULT = 100;
+export const TAKEOVER_MAX = 1000;

@@ -592,6 +592,115 @@ export function queueStoreContract(driver: ContractDriver): void {
     });
   });
 
+  describe('a pool of instances', () => {
+    const LEASE = 1500;
+    const lapse = () => new Promise((resolve) => setTimeout(resolve, LEASE + 200));
+
+    test('a heartbeat keeps an instance alive for its lease, and then it is not', async () => {
+      const startedAt = new Date(Date.now() - 1000);
+      const info = await store.instanceHeartbeat(OWNER, LEASE, { walkDone: true, startedAt });
+      expect(info).toMatchObject({ instance: OWNER, alive: true, walkDone: true });
+      expect(info.startedAt.getTime()).toBe(startedAt.getTime());
+      expect(info.leaseUntil.getTime()).toBeGreaterThan(Date.now());
+      await lapse();
+      expect((await store.instanceList()).map((i) => [i.instance, i.alive])).toEqual([[OWNER, false]]);
+    });
+
+    test("takeover moves a dead instance's queued messages to the claimant and purges its uncommitted ones", async () => {
+      await store.instanceHeartbeat(OWNER, LEASE);
+      const dead = await queued(2);
+      const incoming = randomMsgid();
+      await store.messageCreate([incoming], OWNER);
+      await lapse();
+      await store.instanceHeartbeat(OTHER, 60_000);
+      const takeover = await store.queueTakeover(OTHER);
+      expect(takeover).toEqual({ claimed: [{ msgid: dead.msgid, from: OWNER, evpids: evpids(dead.envelopes) }], purged: 1, more: false });
+      expect((await store.messageWalk(dead.msgid)).message).toMatchObject({ owner: OTHER });
+      await expectError(store.messageWalk(incoming), 'not_found');
+      expect(evpids(await walkAll(store, { owner: OTHER }))).toEqual(evpids(dead.envelopes));
+      expect(await store.queueTakeover(OTHER)).toEqual({ claimed: [], purged: 0, more: false });
+    });
+
+    test('the former owner is refused afterwards: no load, update, delete or read', async () => {
+      await store.instanceHeartbeat(OWNER, LEASE);
+      const { msgid, envelopes } = await queued(1);
+      await lapse();
+      await store.queueTakeover(OTHER);
+      const e = envelopes[0];
+      await expectError(store.envelopeLoad(e.evpid, { owner: OWNER }), 'conflict', 'not_owner');
+      await expectError(store.envelopeUpdate({ ...e, data: Buffer.from('x') }, { owner: OWNER }), 'conflict', 'not_owner');
+      await expectError(store.envelopeDelete(e.evpid, { owner: OWNER }), 'conflict', 'not_owner');
+      await expectError(store.messageRead(msgid, { owner: OWNER }), 'conflict', 'not_owner');
+      expect((await store.envelopeLoad(e.evpid, { owner: OTHER })).equals(e.data)).toBe(true);
+    });
+
+    test('nothing is taken from a live instance, or from an owner that never sent a heartbeat', async () => {
+      await store.instanceHeartbeat(OWNER, 60_000);
+      const live = await queued(1, undefined, OWNER);
+      const unregistered = await queued(1, undefined, 'api-user');
+      expect(await store.queueTakeover(OTHER)).toEqual({ claimed: [], purged: 0, more: false });
+      expect((await store.messageWalk(live.msgid)).message.owner).toBe(OWNER);
+      expect((await store.messageWalk(unregistered.msgid)).message.owner).toBe('api-user');
+    });
+
+    test('two claimants racing for the same orphans: each message goes to exactly one', async () => {
+      await store.instanceHeartbeat(OWNER, LEASE);
+      const orphans = [];
+      for (let i = 0; i < 8; i++) orphans.push((await queued(1)).msgid);
+      await lapse();
+      const [a, b] = await Promise.all([store.queueTakeover('mx-a'), store.queueTakeover('mx-b')]);
+      const claimed = [...a.claimed, ...b.claimed].map((c) => c.msgid).sort();
+      expect(claimed).toEqual([...orphans].sort());
+      for (const msgid of orphans) {
+        const owner = (await store.messageWalk(msgid)).message.owner;
+        expect(a.claimed.some((c) => c.msgid === msgid)).toBe(owner === 'mx-a');
+      }
+    });
+
+    test('takes over in pages of at most `limit` messages, and only from the instances asked for', async () => {
+      await store.instanceHeartbeat(OWNER, LEASE);
+      await store.instanceHeartbeat('mx3', LEASE);
+      for (let i = 0; i < 3; i++) await queued(1);
+      const other = await queued(1, undefined, 'mx3');
+      await lapse();
+      const first = await store.queueTakeover(OTHER, { from: [OWNER], limit: 2 });
+      expect([first.claimed.length, first.more]).toEqual([2, true]);
+      const second = await store.queueTakeover(OTHER, { from: [OWNER], limit: 2 });
+      expect([second.claimed.length, second.more]).toEqual([1, false]);
+      expect((await store.messageWalk(other.msgid)).message.owner).toBe('mx3');
+    });
+
+    test('a walk begun before a takeover does not hand out what the takeover moved', async () => {
+      await store.instanceHeartbeat(OWNER, LEASE);
+      const orphan = await queued(1, undefined, OWNER);
+      const mine = await queued(1, undefined, OTHER);
+      await lapse();
+      const page = await store.envelopeWalk({ owner: OTHER, limit: 1 });
+      await store.queueTakeover(OTHER);
+      const seen = [...page.items];
+      let cursor = page.cursor ?? undefined;
+      while (cursor) {
+        const next = await store.envelopeWalk({ owner: OTHER, cursor, limit: 1 });
+        seen.push(...next.items);
+        cursor = next.cursor ?? undefined;
+      }
+      expect(evpids(seen)).toEqual(evpids(mine.envelopes));
+      expect(evpids(await walkAll(store, { owner: OTHER }))).toEqual(evpids([...mine.envelopes, ...orphan.envelopes]));
+    });
+
+    test('counts messages by owner and state', async () => {
+      await queued(2, undefined, OWNER);
+      const { msgid } = await queued(1, undefined, OWNER);
+      await store.messageCorrupt(msgid);
+      await store.messageCreate([randomMsgid()], OTHER);
+      expect(await store.queueCounts()).toEqual([
+        { owner: OWNER, state: 'corrupt', messages: 1 },
+        { owner: OWNER, state: 'queued', messages: 1 },
+        { owner: OTHER, state: 'incoming', messages: 1 },
+      ]);
+    });
+  });
+
   describe('large bodies', () => {
     const size = 35 * MiB;
     test(`a ${size}-byte body round-trips byte-identical, in parts and inline`, async () => {

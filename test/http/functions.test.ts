@@ -28,6 +28,9 @@ const METHOD: Record<FunctionName, 'GET' | 'POST' | 'PUT'> = {
   envelopeLoad: 'GET',
   envelopeUpdate: 'POST',
   envelopeWalk: 'GET',
+  instanceHeartbeat: 'POST',
+  queueStatus: 'GET',
+  queueTakeover: 'POST',
 };
 
 interface Ask {
