@@ -205,19 +205,12 @@ function report(runs: Run[], clients: number): string {
   );
   const ops = new Map<string, (string | number)[]>();
   for (const run of runs.filter((r) => r.bridge)) {
-    for (const [op, s] of Object.entries(run.bridge!.smtpd)) {
-      const row = ops.get(`smtpd ${op}`) ?? [`smtpd ${op}`, 0, 0, 0];
-      row[1] = Number(row[1]) + s.count;
-      row[2] = Math.max(Number(row[2]), s.p50Ms);
-      row[3] = Math.max(Number(row[3]), s.p99Ms);
-      ops.set(`smtpd ${op}`, row);
-    }
-    for (const [op, s] of Object.entries(run.bridge!.http)) {
-      const row = ops.get(`HTTP ${op}`) ?? [`HTTP ${op}`, 0, 0, 0];
-      row[1] = Number(row[1]) + s.count;
-      row[2] = Math.max(Number(row[2]), s.p50Ms);
-      row[3] = Math.max(Number(row[3]), s.p99Ms);
-      ops.set(`HTTP ${op}`, row);
+    for (const [side, summaries] of [['smtpd', run.bridge!.smtpd], ['HTTP', run.bridge!.http]] as const) {
+      for (const [op, s] of Object.entries(summaries)) {
+        const name = `${side} ${op}`;
+        const row = ops.get(name) ?? [name, 0, 0, 0];
+        ops.set(name, [name, Number(row[1]) + s.count, Math.max(Number(row[2]), s.p50Ms), Math.max(Number(row[3]), s.p99Ms)]);
+      }
     }
   }
   const perOp = table(

@@ -1,7 +1,7 @@
 import { readdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { deliveredTo, expectSameBytes, queued, relayedBody, testBody } from '../support/e2e';
+import { deliveredTo, deliverToOneAndToMany, expectSameBytes, queued, relayedBody, testBody } from '../support/e2e';
 import { bodyOf, freePort, sendMail, SmtpError, startSink, stopAllSinks, waitFor } from '../../dev/mail';
 import { startSmtpd, stopAllSmtpd, testUser } from '../../dev/smtpd';
 
@@ -34,26 +34,7 @@ function spooledMessages(): Buffer[] {
 }
 
 test('a message to 1 and to 25 local recipients lands in each maildir with the body byte-identical', async () => {
-  const smtpd = await startSmtpd({ relayPort: await freePort() });
-
-  const single = testBody(20_000, 'single');
-  const sent = await sendMail({ port: smtpd.port, from: 'sender@example.test', to: ['solo@example.test'], body: single });
-  expect(sent.accepted).toEqual(['solo@example.test']);
-  const [solo] = await deliveredTo(smtpd, 'solo');
-  expectSameBytes(bodyOf(solo), single, 'solo');
-
-  const many = Array.from({ length: 25 }, (_, i) => `r${String(i + 1).padStart(2, '0')}@example.test`);
-  const body = testBody(50_000, 'many');
-  const result = await sendMail({ port: smtpd.port, from: 'sender@example.test', to: many, body });
-  expect(result.accepted).toEqual(many);
-  expect(result.rejected).toEqual([]);
-  for (const rcpt of many) {
-    const user = rcpt.split('@')[0];
-    const messages = await deliveredTo(smtpd, user);
-    expect(messages).toHaveLength(1);
-    expect(messages[0].toString('latin1')).toContain(`Delivered-To: ${rcpt}`);
-    expectSameBytes(bodyOf(messages[0]), body, rcpt);
-  }
+  await deliverToOneAndToMany(await startSmtpd({ relayPort: await freePort() }));
 });
 
 test('a recipient outside example.test and relay.test is refused with 550', async () => {

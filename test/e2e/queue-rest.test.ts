@@ -4,7 +4,7 @@ import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { installBridge, LIBEXEC } from '../../bin/install-bridge';
 import type { Envelope, QueueStore } from '../../lib/store';
-import { deliveredTo, expectSameBytes, relayedBody, testBody } from '../support/e2e';
+import { deliveredTo, deliverToOneAndToMany, expectSameBytes, relayedBody, testBody } from '../support/e2e';
 import { bodyOf, freePort, sendMail, SmtpError, startSink, stopAllSinks, waitFor } from '../../dev/mail';
 import { TEST_TOKEN, startService } from '../support/service';
 import { startSmtpd, stopAllSmtpd, testUser, type Smtpd } from '../../dev/smtpd';
@@ -92,19 +92,7 @@ function bridgeLog(): string {
 
 test('mail to 1 and to 25 local recipients is delivered byte-identical through the REST queue, which is empty after', async () => {
   const smtpd = await ready(await restSmtpd({ relayPort: await freePort() }));
-  const single = testBody(20_000, 'single');
-  await sendMail({ port: smtpd.port, from: 'sender@example.test', to: ['solo@example.test'], body: single });
-  const [solo] = await deliveredTo(smtpd, 'solo');
-  expectSameBytes(bodyOf(solo), single, 'solo');
-
-  const many = Array.from({ length: 25 }, (_, i) => `r${String(i + 1).padStart(2, '0')}@example.test`);
-  const body = testBody(50_000, 'many');
-  const result = await sendMail({ port: smtpd.port, from: 'sender@example.test', to: many, body });
-  expect(result.accepted).toEqual(many);
-  for (const rcpt of many) {
-    const [message] = await deliveredTo(smtpd, rcpt.split('@')[0]);
-    expectSameBytes(bodyOf(message), body, rcpt);
-  }
+  await deliverToOneAndToMany(smtpd);
   await queueEmpty(smtpd);
   expect(smtpd.output()).toMatch(/queue_message_commit\([0-9a-f]{8}\) -> 1/);
   expect(await smtpd.stop()).toBe(0);

@@ -1,4 +1,4 @@
-import { bodyOf, readMaildir, waitFor } from '../../dev/mail';
+import { bodyOf, readMaildir, sendMail, waitFor } from '../../dev/mail';
 import type { Smtpd } from '../../dev/smtpd';
 
 /** What the end-to-end tests with real smtpd share. */
@@ -53,4 +53,25 @@ export async function deliveredTo(smtpd: Smtpd, user: string, count = 1): Promis
 export async function queued(smtpd: Smtpd, rcpt: string): Promise<string[]> {
   const listing = await smtpd.smtpctl('show', 'queue');
   return listing.split('\n').filter((line) => line.split('|')[5] === rcpt);
+}
+
+/** Mail to 1 and then to 25 local recipients: each maildir gets its message, body byte-identical. */
+export async function deliverToOneAndToMany(smtpd: Smtpd): Promise<void> {
+  const single = testBody(20_000, 'single');
+  const sent = await sendMail({ port: smtpd.port, from: 'sender@example.test', to: ['solo@example.test'], body: single });
+  expect(sent.accepted).toEqual(['solo@example.test']);
+  const [solo] = await deliveredTo(smtpd, 'solo');
+  expectSameBytes(bodyOf(solo), single, 'solo');
+
+  const many = Array.from({ length: 25 }, (_, i) => `r${String(i + 1).padStart(2, '0')}@example.test`);
+  const body = testBody(50_000, 'many');
+  const result = await sendMail({ port: smtpd.port, from: 'sender@example.test', to: many, body });
+  expect(result.accepted).toEqual(many);
+  expect(result.rejected).toEqual([]);
+  for (const rcpt of many) {
+    const messages = await deliveredTo(smtpd, rcpt.split('@')[0]);
+    expect(messages).toHaveLength(1);
+    expect(messages[0].toString('latin1')).toContain(`Delivered-To: ${rcpt}`);
+    expectSameBytes(bodyOf(messages[0]), body, rcpt);
+  }
 }
