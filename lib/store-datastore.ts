@@ -21,9 +21,9 @@ import { newSnapshotTime } from './snapshot';
 import {
   CHUNK_BYTES,
   DEFAULT_LIMITS,
-  type Commit,
   TAKEOVER_DEFAULT,
   TAKEOVER_MAX,
+  type Commit,
   type Envelope,
   type InstanceInfo,
   type Limits,
@@ -53,7 +53,7 @@ export interface DatastoreQueueOptions {
 /**
  * Entities (docs/storage.md):
  *   Incoming/<msgid>                  a reserved, uncommitted message: owner, createdAt, bodyVersion
- *   Message/<msgid>                   a committed message: state, owner, size, sha256, chunks, createdAt, committedAt
+ *   Message/<msgid>                   a committed message: state, owner, size, sha256, chunks, createdAt, committedAt, claimedAt
  *   Message/<msgid>/Chunk/<000000>    a piece of the body, CHUNK_BYTES at most
  *   Message/<msgid>/Envelope/<evpid>  an envelope: data, createdAt
  *   Message/<msgid>/Tally/envelopes   how many envelopes the message has: count
