@@ -104,18 +104,20 @@ export class Backend implements QueueBackend {
 
   /** Claims the messages of instances whose lease has expired; the walk then hands them to smtpd. */
   private async takeOver(): Promise<void> {
+    let claimed = 0;
+    let purged = 0;
     try {
       for (let more = true, rounds = 0; more && rounds < 100; rounds++) {
         const takeover = await this.store.queueTakeover(this.owner, { limit: 200 });
         for (const { msgid, from } of takeover.claimed) this.log.info({ msgid, from }, `took over message ${msgid} from ${from}`);
-        if (takeover.claimed.length > 0 || takeover.purged > 0) {
-          this.log.warn({ claimed: takeover.claimed.length, purged: takeover.purged }, `took over ${takeover.claimed.length} messages of dead instances`);
-        }
+        claimed += takeover.claimed.length;
+        purged += takeover.purged;
         more = takeover.more;
       }
     } catch (err) {
       this.log.warn({ err }, 'could not take over the messages of dead instances; the next start or `queue-rest takeover` will');
     }
+    if (claimed > 0 || purged > 0) this.log.warn({ claimed, purged }, `took over ${claimed} messages of dead instances`);
   }
 
   /** Background writes not done yet. */
