@@ -119,3 +119,14 @@ describe('the deploy files', () => {
     for (const emulator of ['functions', 'firestore', 'hub', 'logging']) expect(firebase.emulators[emulator].host).toBe('127.0.0.1');
   });
 });
+
+describe('npm run bridge:install -- --dry-run', () => {
+  test('installs a script that runs this checkout, and a drop-in that gives Debian\'s smtpd the -B flag and the token file', () => {
+    const result = run(process.execPath, ['dist/bin/install-bridge.js', '--dry-run', '--systemd=https://r-p.cloudfunctions.net']);
+    expect(result.status).toBe(0);
+    expect(result.out).toContain('would install /usr/libexec/opensmtpd/queue-rest:');
+    expect(result.out).toContain(`exec ${process.execPath} ${path.join(ROOT, 'dist/bridge/main.js')} "$@"`);
+    expect(result.out).toContain('ExecStart=\nExecStart=/usr/sbin/smtpd -B queue=rest:https://r-p.cloudfunctions.net\n');
+    expect(result.out).toContain('Environment=QUEUE_TOKEN_FILE=/etc/opensmtpd/queue-rest.token');
+  });
+});

@@ -1,13 +1,15 @@
+import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { chmodSync, closeSync, fstatSync, mkdtempSync, openSync, readFileSync, readSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { promisify } from 'node:util';
 import { PROC } from '../../bridge/protocol';
 import { evpidToHex, msgidToHex } from '../../lib/ids';
 import { DEFAULT_LIMITS } from '../../lib/store';
 import { TEST_TOKEN, startService } from '../support/service';
-import { SmtpdPeer, r, u32, u64 } from '../support/smtpd-peer';
+import { BRIDGE, SmtpdPeer, r, u32, u64 } from '../support/smtpd-peer';
 import { firestoreStore, uniqueNamespace } from '../support/stores';
 
 /**
@@ -266,6 +268,24 @@ describe('queue-rest speaking to smtpd', () => {
     await sleep(300);
     expect(peer.child.exitCode).toBeNull();
     expect(r(await peer.request(PROC.MESSAGE_CREATE))).toBe(1);
+    expect(await peer.close()).toBe(0);
+  });
+
+  test('as an admin tool, shows the instances, the counts and a message', async () => {
+    const peer = await bridge('mx-admin');
+    await init(peer);
+    await walkAll(peer);
+    const { msgid, evpids } = await accept(peer, Buffer.from('Subject: admin\r\n\r\nbody\r\n'), ['a@example.test']);
+    const admin = async (...args: string[]) => {
+      const { stdout } = await promisify(execFile)(process.execPath, [BRIDGE, ...args, '--json'], { env: { ...process.env, QUEUE_TOKEN: TEST_TOKEN } });
+      return JSON.parse(stdout);
+    };
+    const status = await admin('status', service.baseUrl);
+    expect(status.instances).toContainEqual(expect.objectContaining({ instance: 'mx-admin', alive: true, walkDone: true }));
+    expect(status.counts).toContainEqual({ owner: 'mx-admin', state: 'queued', messages: 1 });
+    const shown = await admin('show', service.baseUrl, msgidToHex(msgid));
+    expect(shown.message).toMatchObject({ msgid: msgidToHex(msgid), owner: 'mx-admin', state: 'queued' });
+    expect(shown.envelopes.map((e: { evpid: string }) => e.evpid)).toEqual([evpidToHex(evpids[0])]);
     expect(await peer.close()).toBe(0);
   });
 
