@@ -141,6 +141,7 @@ describe('queue-rest speaking to smtpd', () => {
     expect(r(await peer.request(PROC.CLOSE))).toBe(1);
     await expect(service.store.messageWalk(msgidToHex(msgid))).rejects.toMatchObject({ code: 'not_found' });
     expect(await peer.close()).toBe(0);
+    if (process.getuid?.() === 0) expect(readFileSync(path.join(logDir, 'mx-cycle.log'), 'utf8')).toMatch(/"message":"running as nobody"/);
   });
 
   test('needs one HTTP request per accepted message, whatever the recipient count', async () => {
