@@ -11,13 +11,15 @@ import { loadBridgeConfig } from './config';
  * QUEUE_TOKEN, QUEUE_TOKEN_FILE or the config file):
  *
  *   queue-rest status ARG                 instances with their leases, messages by owner and state
+ *   queue-rest list ARG [--owner ID]      the queued messages (of an owner) and their envelopes
  *   queue-rest show ARG MSGID             a message and its envelopes
  *   queue-rest takeover ARG [options]     claim the messages of dead instances for a running
  *                                         smtpd and feed them to it with `smtpctl discover EVPID`
  */
-export const ADMIN_COMMANDS = ['status', 'show', 'takeover'] as const;
+export const ADMIN_COMMANDS = ['status', 'list', 'show', 'takeover'] as const;
 
 const USAGE = `usage: queue-rest status URL|CONFIG [--json]
+       queue-rest list URL|CONFIG [--owner ID] [--json]
        queue-rest show URL|CONFIG MSGID [--json]
        queue-rest takeover URL|CONFIG [--instance ID] [--from ID,...] [--smtpctl COMMAND] [--dry-run] [--json]`;
 
@@ -27,6 +29,7 @@ export async function admin(argv: string[]): Promise<number> {
     allowPositionals: true,
     options: {
       instance: { type: 'string' },
+      owner: { type: 'string' },
       from: { type: 'string' },
       smtpctl: { type: 'string', default: 'smtpctl' },
       'dry-run': { type: 'boolean', default: false },
@@ -53,6 +56,18 @@ export async function admin(argv: string[]): Promise<number> {
           '',
         ].join('\n'),
       );
+      return 0;
+    }
+    if (command === 'list') {
+      const messages = new Map<string, string[]>();
+      let cursor: string | undefined;
+      do {
+        const page = await store.envelopeWalk({ owner: values.owner, cursor, limit: 1000 });
+        for (const e of page.items) messages.set(e.evpid.slice(0, 8), [...(messages.get(e.evpid.slice(0, 8)) ?? []), e.evpid]);
+        cursor = page.cursor ?? undefined;
+      } while (cursor);
+      const rows = [...messages].map(([msgid, evpids]) => ({ msgid, evpids }));
+      print(rows, () => rows.map((m) => `${m.msgid}  ${m.evpids.length} envelope(s): ${m.evpids.join(' ')}\n`).join(''));
       return 0;
     }
     if (command === 'show') {

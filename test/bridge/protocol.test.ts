@@ -272,7 +272,7 @@ describe('queue-rest speaking to smtpd', () => {
     expect(await peer.close()).toBe(0);
   });
 
-  test('as an admin tool, shows the instances, the counts and a message', async () => {
+  test('as an admin tool, shows the instances, the counts, the queued messages and a message', async () => {
     const peer = await bridge('mx-admin');
     await init(peer);
     await walkAll(peer);
@@ -284,6 +284,7 @@ describe('queue-rest speaking to smtpd', () => {
     const status = await admin('status', service.baseUrl);
     expect(status.instances).toContainEqual(expect.objectContaining({ instance: 'mx-admin', alive: true, walkDone: true }));
     expect(status.counts).toContainEqual({ owner: 'mx-admin', state: 'queued', messages: 1 });
+    expect(await admin('list', service.baseUrl, '--owner', 'mx-admin')).toEqual([{ msgid: msgidToHex(msgid), evpids: [evpidToHex(evpids[0])] }]);
     const shown = await admin('show', service.baseUrl, msgidToHex(msgid));
     expect(shown.message).toMatchObject({ msgid: msgidToHex(msgid), owner: 'mx-admin', state: 'queued' });
     expect(shown.envelopes.map((e: { evpid: string }) => e.evpid)).toEqual([evpidToHex(evpids[0])]);
