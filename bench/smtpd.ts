@@ -4,7 +4,7 @@ import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync } from 'node:f
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { installBridge, LIBEXEC } from '../bin/install-bridge';
+import { installBridge, uninstallBridge } from '../bin/install-bridge';
 import type { Summary } from '../bridge/stats';
 import { percentile } from '../bridge/stats';
 import { freePort, startEmulator } from '../dev/emulator';
@@ -60,7 +60,7 @@ interface BridgeStats {
 
 export async function benchSmtpd(o: SmtpdBenchOptions): Promise<{ table: string; results: unknown }> {
   testUser();
-  installBridge(BACKEND, ROOT);
+  installBridge({ name: BACKEND });
   const emulator = await startEmulator({ kind: 'firestore' });
   const service = await startFunctions(emulator.host);
   const sink = await startSink();
@@ -84,7 +84,7 @@ export async function benchSmtpd(o: SmtpdBenchOptions): Promise<{ table: string;
     await sink.stop();
     service.child.kill('SIGTERM');
     await emulator.stop();
-    rmSync(path.join(LIBEXEC, `queue-${BACKEND}`), { force: true });
+    uninstallBridge(BACKEND);
     rmSync(logDir, { recursive: true, force: true });
   }
   return { table: report(runs, o.clients), results: { options: o, runs } };

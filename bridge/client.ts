@@ -4,7 +4,7 @@ import { z } from 'zod';
 import { Responses, toEnvelopeJson, type FunctionName } from '../lib/api';
 import { TOKEN_HEADER } from '../lib/auth';
 import { QueueError, type ErrorCode } from '../lib/errors';
-import { b64 } from '../lib/http';
+import { b64 } from '../lib/wire';
 import type { Evpid, Msgid } from '../lib/ids';
 import { sha256hex } from '../lib/rules';
 import {

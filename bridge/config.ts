@@ -3,6 +3,7 @@ import { hostname, tmpdir } from 'node:os';
 import { z } from 'zod';
 import { readToken } from '../lib/config';
 import { Owner } from '../lib/ids';
+import { defaultLogTarget } from './logging';
 
 /**
  * queue-rest's settings. smtpd runs it as `queue-proc ARG` for
@@ -23,7 +24,7 @@ export interface BridgeConfig {
   inlineMax: number;
   cacheBytes: number;
   imsg: '6.8' | '7.7';
-  /** 'syslog', 'stderr', or a file path (default: syslog if /dev/log exists, else DEFAULT_LOG_FILE). */
+  /** 'syslog', 'stderr', or a file path (default: syslog if the host has it, else logging.ts DEFAULT_LOG_FILE). */
   log: string;
   logLevel: string;
   /** The user to run as after start-up (smtpd starts the bridge as root). */
@@ -78,9 +79,6 @@ const Settings = z.object({
   lease: z.coerce.number().int().min(1000).default(60_000),
 });
 
-/** Where logs go when there is no syslog: a daemonized smtpd gives the bridge /dev/null as stderr. */
-export const DEFAULT_LOG_FILE = '/var/log/opensmtpd-queue-rest.log';
-
 export class BridgeConfigError extends Error {
   override name = 'BridgeConfigError';
 }
@@ -111,9 +109,7 @@ export function loadBridgeConfig(arg: string | undefined, env: NodeJS.ProcessEnv
   } else {
     if (!existsSync(arg)) throw new BridgeConfigError(`no config file ${arg}`);
     settings = parseConfigFile(readFileSync(arg, 'utf8'));
-    if (settings.token && (statSync(arg).mode & 0o077) !== 0) {
-      throw new BridgeConfigError(`${arg} holds a token but others can read it: chmod 600 it, or use token-file`);
-    }
+    if (settings.token) refuseShared(arg, 'holds a token');
   }
   for (const key of KEYS) {
     const value = env[`QUEUE_REST_${key.toUpperCase().replace(/-/g, '_')}`];
@@ -124,7 +120,10 @@ export function loadBridgeConfig(arg: string | undefined, env: NodeJS.ProcessEnv
     throw new BridgeConfigError(parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; '));
   }
   const s = parsed.data;
-  const token = readToken({ QUEUE_TOKEN: env.QUEUE_TOKEN ?? s.token, QUEUE_TOKEN_FILE: env.QUEUE_TOKEN_FILE ?? s['token-file'] });
+  const tokenFile = env.QUEUE_TOKEN_FILE ?? s['token-file'];
+  const inline = env.QUEUE_TOKEN ?? s.token;
+  if (!inline && tokenFile && existsSync(tokenFile)) refuseShared(tokenFile, 'is a token file');
+  const token = readToken({ QUEUE_TOKEN: inline, QUEUE_TOKEN_FILE: tokenFile });
   return {
     url: s.url.replace(/\/+$/, ''),
     token,
@@ -135,7 +134,7 @@ export function loadBridgeConfig(arg: string | undefined, env: NodeJS.ProcessEnv
     inlineMax: s['inline-max'],
     cacheBytes: s.cache,
     imsg: s.imsg,
-    log: s.log ?? (existsSync('/dev/log') ? 'syslog' : DEFAULT_LOG_FILE),
+    log: s.log ?? defaultLogTarget(),
     logLevel: s['log-level'],
     user: s.user,
     statsFile: s['stats-file'],
@@ -143,6 +142,14 @@ export function loadBridgeConfig(arg: string | undefined, env: NodeJS.ProcessEnv
     asyncDelete: s['async-delete'] === 'yes',
     leaseMs: s.lease,
   };
+}
+
+/** A secret must be readable by its owner alone: a group or others could pass it on. */
+function refuseShared(file: string, what: string): void {
+  const mode = statSync(file).mode & 0o777;
+  if ((mode & 0o077) !== 0) {
+    throw new BridgeConfigError(`${file} ${what} but its group or others can read it (mode ${mode.toString(8)}): chmod 600 ${file}`);
+  }
 }
 
 /** The host name, as an instance id: stable across restarts, distinct per MX. */

@@ -1,6 +1,4 @@
-import { execFileSync } from 'node:child_process';
-import { chownSync, existsSync, mkdirSync, writeFileSync } from 'node:fs';
-import path from 'node:path';
+import { ftruncateSync, writeSync } from 'node:fs';
 import { GoogleAuth, type IdTokenClient } from 'google-auth-library';
 import pino from 'pino';
 import { createLogger } from '../lib/log';
@@ -9,7 +7,8 @@ import { Backend } from './backend';
 import { closeQuietly, SmtpdChannel } from './channel';
 import { HttpQueueStore } from './client';
 import { BridgeConfigError, loadBridgeConfig, type BridgeConfig } from './config';
-import { openBridgeLog, type BridgeLog } from './logging';
+import { defaultLogTarget, lastWords, openBridgeLog, type BridgeLog } from './logging';
+import { DEFAULT_USER, dropRoot, isRoot, lookUpUser, openOwnedFile, PrivilegeError, type UserIds } from './privileges';
 import { dispatch, failureReply, PROC, PROC_NAMES, type QueueBackend } from './protocol';
 import { Stats } from './stats';
 
@@ -32,7 +31,18 @@ async function main(): Promise<void> {
   } catch (err) {
     problem = (err as Error).message;
   }
-  const { log, flush } = openBridgeLog(config?.log ?? 'stderr', config?.logLevel ?? 'info', config?.instance ?? '-');
+  let user: UserIds | undefined;
+  if (config) {
+    try {
+      user = lookUpUser(config.user ?? DEFAULT_USER);
+    } catch (err) {
+      problem = (err as Error).message;
+    }
+  }
+  // without a config, the reason must still reach the operator when smtpd runs as a daemon (stderr is /dev/null)
+  const targets = config ? [config.log] : [defaultLogTarget(), 'stderr'];
+  const { log, flush, problems } = openBridgeLog(targets, config?.logLevel ?? 'info', config?.instance ?? '-', user);
+  for (const line of problems) log.error(line);
   for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
     process.on(signal, () => log.info(`${signal} ignored: queue-rest ends when smtpd closes its socket`));
   }
@@ -50,11 +60,20 @@ async function main(): Promise<void> {
   let backend: QueueBackend | undefined;
   let bridge: Backend | undefined;
   let client: HttpQueueStore | undefined;
+  let statsFd: number | undefined;
   try {
-    if (!config) throw new BridgeConfigError(problem ?? 'misconfigured');
+    if (!config || !user) throw new BridgeConfigError(problem ?? 'misconfigured');
     const idToken = config.auth === 'iam' ? await idTokens() : undefined;
-    if (config.statsFile) prepareStatsFile(config.statsFile, config.user);
-    dropPrivileges(config.user, log);
+    if (config.statsFile) {
+      try {
+        statsFd = openOwnedFile(config.statsFile, user, { mode: 0o644, append: false });
+      } catch (err) {
+        log.error({ err }, `no counters file: ${(err as Error).message}`);
+      }
+    }
+    dropRoot(user);
+    if (isRoot()) throw new PrivilegeError('still root');
+    log.info({ uid: process.getuid?.(), gid: process.getgid?.() }, `running as ${user.name}`);
     client = new HttpQueueStore({
       baseUrl: config.url,
       token: config.token,
@@ -78,15 +97,18 @@ async function main(): Promise<void> {
   } catch (err) {
     log.fatal({ err }, `queue-rest cannot work: ${(err as Error).message}. Every queue request fails until smtpd is restarted with a working set-up.`);
     backend = unavailable((err as Error).message);
+    bridge = undefined;
+    client = undefined;
+    stayUnprivileged(user, log);
   }
 
-  const statsFile = config?.statsFile;
   const writeStats = () => {
-    if (!statsFile) return;
+    if (statsFd === undefined) return;
     try {
-      writeFileSync(statsFile, JSON.stringify(statsSnapshot(config, bridge), null, 2) + '\n');
+      ftruncateSync(statsFd, 0);
+      writeSync(statsFd, JSON.stringify(statsSnapshot(config, bridge), null, 2) + '\n', 0);
     } catch (err) {
-      log.warn({ err }, `cannot write the counters to ${statsFile}`);
+      log.warn({ err }, `cannot write the counters to ${config?.statsFile}`);
     }
   };
   process.on('SIGUSR1', () => {
@@ -150,41 +172,13 @@ async function idTokens(): Promise<(audience: string) => Promise<string>> {
   };
 }
 
-/** smtpd starts its queue backend as root; the bridge needs none of that. */
-function dropPrivileges(user: string | undefined, log: BridgeLog['log']): void {
-  if (process.getuid?.() !== 0) return;
-  const name = user ?? 'opensmtpq';
-  let ids: { uid: number; gid: number };
+/** A bridge that cannot serve still should not hold root while it answers failures. */
+function stayUnprivileged(user: UserIds | undefined, log: BridgeLog['log']): void {
+  if (!isRoot()) return;
   try {
-    ids = userIds(name);
-  } catch {
-    if (user) log.error(`no user ${user}: staying root`);
-    else log.warn('no user opensmtpq: staying root (set user in the config)');
-    return;
-  }
-  process.setgroups?.([]);
-  process.setgid?.(ids.gid);
-  process.setuid?.(ids.uid);
-  process.umask(0o077);
-  log.info({ uid: ids.uid, gid: ids.gid }, `running as ${name}`);
-}
-
-function userIds(name: string): { uid: number; gid: number } {
-  const uid = Number(execFileSync('id', ['-u', name], { encoding: 'utf8' }).trim());
-  const gid = Number(execFileSync('id', ['-g', name], { encoding: 'utf8' }).trim());
-  return { uid, gid };
-}
-
-/** The stats file is rewritten after privileges are dropped, so it must belong to that user. */
-function prepareStatsFile(file: string, user: string | undefined): void {
-  mkdirSync(path.dirname(file), { recursive: true });
-  if (!existsSync(file)) writeFileSync(file, '{}\n');
-  if (process.getuid?.() !== 0) return;
-  try {
-    const { uid, gid } = userIds(user ?? 'opensmtpq');
-    chownSync(file, uid, gid);
-  } catch {
-    // staying root
+    dropRoot(user && user.uid !== 0 ? user : lookUpUser('nobody'));
+  } catch (err) {
+    log.error({ err }, 'could not drop root either');
   }
 }
 
@@ -228,8 +222,8 @@ function start(): void {
 
 function failedToStart(err: unknown): void {
   // only a bug gets here; smtpd would die with us, so answer failures until it closes the socket
+  lastWords(`queue-rest failed to start: ${(err as Error)?.stack ?? err}`);
   const log = createLogger({ name: 'queue-rest', destination: pino.destination(2) });
-  log.fatal({ err }, 'queue-rest failed to start');
   void new SmtpdChannel(0, '6.8', log, async (m) => failureReply(m.type)).run().then(() => process.exit(0));
 }
 

@@ -33,14 +33,16 @@ function checkEmulators(): void {
 
 /** Installs opensmtpd with its service kept stopped: a policy-rc.d that denies starts, for the install only. */
 function installOpensmtpd(): void {
-  if (existsSync(SMTPD)) return;
+  const users = ['opensmtpd', 'opensmtpq'];
+  if (existsSync(SMTPD) && users.every((user) => run('getent', ['passwd', user]).ok)) return;
   if (process.getuid?.() !== 0) fail(`${SMTPD} is missing and installing it needs root: run npm test as root, or apt-get install opensmtpd first.`);
   process.stdout.write('setup-tests: installing Debian opensmtpd (its service is not started)\n');
   const ownPolicy = !existsSync(POLICY);
   if (ownPolicy) writeFileSync(POLICY, '#!/bin/sh\nexit 101\n', { mode: 0o755 });
   try {
     const env = { DEBIAN_FRONTEND: 'noninteractive' };
-    const install = ['install', '-y', '--no-install-recommends', 'opensmtpd'];
+    // its users are made by the package's postinst: a package whose users were removed is installed again
+    const install = ['install', '-y', '--no-install-recommends', ...(existsSync(SMTPD) ? ['--reinstall'] : []), 'opensmtpd'];
     let result = run('apt-get', install, env);
     if (!result.ok) {
       const update = run('apt-get', ['update'], env);

@@ -325,6 +325,8 @@ export async function stopAllSmtpd(): Promise<void> {
 function isolatedCommand(dir: string, args: string[]): [string, string[]] {
   const spool = path.join(dir, 'spool');
   const run = path.join(dir, 'run');
+  // the mount point: it exists only once some smtpd has run on this machine
+  mkdirSync(SPOOL, { recursive: true, mode: 0o711 });
   mkdirSync(spool, { mode: 0o711 });
   chmodSync(spool, 0o711);
   mkdirSync(run, { mode: 0o755 });

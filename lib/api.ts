@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { Base64, b64 } from './http';
+import { Base64, b64 } from './wire';
 import { Evpid, Msgid, Owner } from './ids';
 import { CREATE_BATCH_MAX, PAGE_MAX, TAKEOVER_MAX, type Envelope, type InstanceInfo, type MessageInfo } from './store';
 

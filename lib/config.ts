@@ -42,12 +42,17 @@ export class ConfigError extends Error {
   override name = 'ConfigError';
 }
 
+/** A secret as stored: its first line, without the whitespace around it (a trailing newline from `echo` or `openssl rand`). */
+export function secretText(raw: string): string {
+  return raw.trim().split(/\r?\n/)[0].trim();
+}
+
 /** Reads QUEUE_TOKEN, or the first line of the file QUEUE_TOKEN_FILE names. */
 export function readToken(env: { QUEUE_TOKEN?: string; QUEUE_TOKEN_FILE?: string }): string | undefined {
-  if (env.QUEUE_TOKEN) return env.QUEUE_TOKEN;
+  if (env.QUEUE_TOKEN) return secretText(env.QUEUE_TOKEN);
   if (!env.QUEUE_TOKEN_FILE) return undefined;
   try {
-    return readFileSync(env.QUEUE_TOKEN_FILE, 'utf8').split(/\r?\n/)[0];
+    return secretText(readFileSync(env.QUEUE_TOKEN_FILE, 'utf8'));
   } catch (err) {
     throw new ConfigError(`cannot read QUEUE_TOKEN_FILE ${env.QUEUE_TOKEN_FILE}: ${(err as Error).message}`);
   }

@@ -7,6 +7,7 @@ import { QueueError, STATUS } from './errors';
 import type { BodyErrorRequest } from './json-errors';
 import './json-errors';
 import { createLogger, type Logger } from './log';
+export { Base64, b64 } from './wire';
 import { service } from './service';
 
 /**
@@ -158,16 +159,9 @@ function idsOf(input: unknown): Record<string, unknown> {
   return Object.fromEntries(Object.entries({ msgid, evpid, owner, msgids }).filter(([, v]) => v !== undefined));
 }
 
-/** Bytes travel in JSON as base64. */
-export const Base64 = z
-  .string()
-  .regex(/^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/, 'must be base64')
-  .transform((s) => Buffer.from(s, 'base64'));
-
 /** A whole number in a query string. */
 export const QueryInt = z
   .string()
   .regex(/^(0|[1-9][0-9]{0,14})$/, 'must be a whole number')
   .transform(Number);
 
-export const b64 = (data: Buffer) => data.toString('base64');

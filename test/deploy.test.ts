@@ -1,5 +1,5 @@
 import { spawnSync } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readFileSync, realpathSync } from 'node:fs';
 import path from 'node:path';
 import { FUNCTION_NAMES } from '../lib/api';
 
@@ -121,11 +121,13 @@ describe('the deploy files', () => {
 });
 
 describe('npm run bridge:install -- --dry-run', () => {
-  test('installs a script that runs this checkout, and a drop-in that gives Debian\'s smtpd the -B flag and the token file', () => {
+  test('installs a root-owned copy out of the checkout, and a drop-in that gives Debian\'s smtpd the -B flag and the token file', () => {
     const result = run(process.execPath, ['dist/bin/install-bridge.js', '--dry-run', '--systemd=https://r-p.cloudfunctions.net']);
     expect(result.status).toBe(0);
-    expect(result.out).toContain('would install /usr/libexec/opensmtpd/queue-rest:');
-    expect(result.out).toContain(`exec ${process.execPath} ${path.join(ROOT, 'dist/bridge/main.js')} "$@"`);
+    expect(result.out).toContain('would install /usr/local/lib/opensmtpd/queue-rest/{queue-rest.js,uwrap.node} (root:root, 0644)');
+    expect(result.out).toContain('would install /usr/libexec/opensmtpd/queue-rest (root:root, 0755):');
+    expect(result.out).toContain(`exec '${realpathSync(process.execPath)}' '/usr/local/lib/opensmtpd/queue-rest/queue-rest.js' "$@"`);
+    expect(result.out).not.toContain(ROOT);
     expect(result.out).toContain('ExecStart=\nExecStart=/usr/sbin/smtpd -B queue=rest:https://r-p.cloudfunctions.net\n');
     expect(result.out).toContain('Environment=QUEUE_TOKEN_FILE=/etc/opensmtpd/queue-rest.token');
   });

@@ -1,10 +1,10 @@
 import { execFile } from 'node:child_process';
-import { chmodSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { chmodSync, mkdtempSync, readFileSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { promisify } from 'node:util';
-import { installBridge, LIBEXEC } from '../../bin/install-bridge';
+import { installBridge, uninstallBridge } from '../../bin/install-bridge';
 import { freePort, openSmtpClient, startSink, stopAllSinks, waitFor, type Sink } from '../../dev/mail';
 import { startSmtpd, stopAllSmtpd, testUser, type Smtpd } from '../../dev/smtpd';
 import { msgidOf } from '../../lib/ids';
@@ -28,9 +28,15 @@ type Service = Awaited<ReturnType<typeof startService>>;
 let service: Service;
 let logDir: string;
 
+let checkoutMode: number;
+let bridgeProgram: string;
+
 beforeAll(() => {
   testUser();
-  installBridge(BACKEND, ROOT);
+  bridgeProgram = installBridge({ name: BACKEND }).wrapper;
+  // the installed bridge needs nothing from the checkout: the pool runs with it closed to everyone but root
+  checkoutMode = statSync(ROOT).mode & 0o7777;
+  chmodSync(ROOT, 0o700);
   logDir = mkdtempSync(path.join(tmpdir(), 'queue-pool-'));
   chmodSync(logDir, 0o755);
 });
@@ -47,7 +53,8 @@ afterEach(async () => {
 });
 
 afterAll(() => {
-  rmSync(path.join(LIBEXEC, `queue-${BACKEND}`), { force: true });
+  chmodSync(ROOT, checkoutMode);
+  uninstallBridge(BACKEND);
 });
 
 interface Mx {
@@ -128,8 +135,8 @@ async function ownersOf(prefix: string): Promise<Map<string, number>> {
 
 /** `queue-rest takeover` for a running MX, as an administrator runs it (not spawnSync: the service runs in this process). */
 async function takeover(instance: string, smtpd: Smtpd): Promise<string[]> {
-  const args = [path.join(ROOT, 'dist/bridge/main.js'), 'takeover', service.baseUrl, '--instance', instance, '--smtpctl', smtpd.smtpctlCommand, '--json'];
-  const { stdout } = await promisify(execFile)(process.execPath, args, { env: { ...process.env, QUEUE_TOKEN: TEST_TOKEN }, encoding: 'utf8' });
+  const args = ['takeover', service.baseUrl, '--instance', instance, '--smtpctl', smtpd.smtpctlCommand, '--json'];
+  const { stdout } = await promisify(execFile)(bridgeProgram, args, { env: { ...process.env, QUEUE_TOKEN: TEST_TOKEN }, encoding: 'utf8' });
   return JSON.parse(stdout).discovered;
 }
 

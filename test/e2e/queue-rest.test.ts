@@ -1,8 +1,8 @@
-import { chmodSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { chmodSync, mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { installBridge, LIBEXEC } from '../../bin/install-bridge';
+import { installBridge, uninstallBridge } from '../../bin/install-bridge';
 import type { Envelope, QueueStore } from '../../lib/store';
 import { deliveredTo, deliverToOneAndToMany, expectSameBytes, relayedBody, testBody } from '../support/e2e';
 import { bodyOf, freePort, sendMail, SmtpError, startSink, stopAllSinks, waitFor } from '../../dev/mail';
@@ -17,7 +17,6 @@ import { uniqueNamespace } from '../support/stores';
  */
 jest.setTimeout(180_000);
 
-const ROOT = path.join(__dirname, '../..');
 const BACKEND = 'resttest';
 const INSTANCE = 'mx-e2e';
 
@@ -28,7 +27,7 @@ let logDir: string;
 
 beforeAll(async () => {
   testUser();
-  installBridge(BACKEND, ROOT);
+  installBridge({ name: BACKEND });
   namespace = uniqueNamespace('e2e');
   service = await startService({ namespace });
   logDir = mkdtempSync(path.join(tmpdir(), 'queue-e2e-'));
@@ -41,7 +40,7 @@ afterEach(async () => {
 });
 
 afterAll(async () => {
-  rmSync(path.join(LIBEXEC, `queue-${BACKEND}`), { force: true });
+  uninstallBridge(BACKEND);
   await service?.stop();
 });
 

@@ -8,10 +8,11 @@ import { encodeImsg, ImsgReader, type Imsg, type ImsgLayout } from '../../bridge
 
 /**
  * smtpd's side of the queue socket, played by a test: it starts the built
- * bridge (dist/bridge/main.js) with a unix stream socket as fd 0, as smtpd
- * does, and sends it requests one at a time with the same framing.
+ * bridge, as bundled for installation (dist/queue-rest/), with a unix stream
+ * socket as fd 0, as smtpd does, and sends it requests one at a time with
+ * the same framing.
  */
-export const BRIDGE = path.join(__dirname, '../../dist/bridge/main.js');
+export const BRIDGE = path.join(__dirname, '../../dist/queue-rest/queue-rest.js');
 
 export interface PeerReply extends Imsg {
   /** The reply's whole length on the wire, header included. */

@@ -1,0 +1,53 @@
+import { copyFileSync, existsSync, mkdirSync, rmSync } from 'node:fs';
+import path from 'node:path';
+import { build } from 'esbuild';
+
+/**
+ * Builds queue-rest as one self-contained folder, dist/queue-rest/: the
+ * bridge and every package it uses in one file, plus usocket's native addon
+ * beside it. This folder is what bridge:install copies, root-owned, out of
+ * the checkout: smtpd runs the bridge as root, and it must neither read nor
+ * run anything that the checkout's owner can change.
+ */
+// this file runs compiled (dist/dev/) and, in tests, from its source (dev/)
+const root = existsSync(path.join(__dirname, '../package.json')) ? path.join(__dirname, '..') : path.join(__dirname, '../..');
+
+export const BUNDLE_DIR = path.join(root, 'dist/queue-rest');
+export const BUNDLE_MAIN = 'queue-rest.js';
+export const ADDON = 'uwrap.node';
+
+export async function bundleBridge(): Promise<void> {
+  rmSync(BUNDLE_DIR, { recursive: true, force: true });
+  mkdirSync(BUNDLE_DIR, { recursive: true });
+  await build({
+    entryPoints: [path.join(root, 'bridge/main.ts')],
+    outfile: path.join(BUNDLE_DIR, BUNDLE_MAIN),
+    bundle: true,
+    platform: 'node',
+    target: 'node20',
+    format: 'cjs',
+    legalComments: 'linked',
+    logLevel: 'warning',
+    plugins: [
+      {
+        // usocket finds its addon with the `bindings` package, which searches the package's folders at run time
+        name: 'usocket-addon',
+        setup(b) {
+          b.onResolve({ filter: /^bindings$/ }, () => ({ path: 'bindings', namespace: 'usocket-addon' }));
+          b.onLoad({ filter: /.*/, namespace: 'usocket-addon' }, () => ({
+            contents: `module.exports = () => require(__dirname + '/${ADDON}');`,
+            loader: 'js',
+          }));
+        },
+      },
+    ],
+  });
+  copyFileSync(path.join(root, 'node_modules/usocket/build/Release', ADDON), path.join(BUNDLE_DIR, ADDON));
+}
+
+if (require.main === module) {
+  bundleBridge().catch((err: unknown) => {
+    process.stderr.write(`bundle-bridge: ${(err as Error).message}\n`);
+    process.exit(1);
+  });
+}
