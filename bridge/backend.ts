@@ -6,6 +6,7 @@ import type { Logger } from '../lib/log';
 import { sha256hex } from '../lib/rules';
 import { CREATE_BATCH_MAX, type Envelope, type QueueStore } from '../lib/store';
 import { BodyFiles, readAllAndClose } from './bodyfile';
+import { EnvelopeCopy } from './envelope-copy';
 import { Lease } from './lease';
 import { ENVELOPE_BUFFER, PROC_QUEUE_API_VERSION, type QueueBackend } from './protocol';
 import { WriteBehind } from './write-behind';
@@ -15,7 +16,7 @@ export interface BackendOptions {
   /** This instance: the owner of every message it accepts. */
   owner: string;
   log: Logger;
-  /** Folder for the unlinked files MESSAGE_FD_R hands out. */
+  /** Folder for the unlinked files MESSAGE_FD_R hands out, and for the local copy's spill file. */
   tmpDir: string;
   /** Bodies just committed are kept for their first delivery, up to this many bytes in all. */
   cacheBytes?: number;
@@ -23,17 +24,26 @@ export interface BackendOptions {
   initWaitMs?: number;
   /** Answer ENVELOPE_DELETE at once and delete in the background (see WriteBehind). */
   asyncDelete?: boolean;
-  /** How long CLOSE and EOF wait for background writes (default: 15 s). */
+  /** Deadline of one HTTP attempt: the client's `timeout` (default: 5 s). */
+  timeoutMs?: number;
+  /** How long a request may keep retrying: the client's `retry-budget` (default: 15 s). No smtpd call waits longer than timeoutMs + retryBudgetMs. */
+  retryBudgetMs?: number;
+  /** How long CLOSE and EOF wait for background writes (default: the retry budget). */
   drainMs?: number;
   /** This instance's lease on its messages (default: 60 s). */
   leaseMs?: number;
+  /** Bytes of envelopes the local copy keeps in memory; the rest go to a file in tmpDir (default: 32 MiB). */
+  envelopeMemoryBytes?: number;
+  /** Pause before a background write is tried again; it grows with each attempt (default: 2 s). */
+  writeRetryMs?: number;
 }
 
 const RESERVE_LOW = 4;
 const WALK_PAGE = 200;
 const WALK_WAIT_MS = 50;
-/** Past this many, envelope deletes wait for the service again instead of queueing. */
+/** Past this many, envelope deletes wait for the service again (within the call's bound) instead of queueing. */
 const WRITE_BEHIND_MAX = 10_000;
+const NO_ENVELOPE = Buffer.alloc(0);
 
 /**
  * The queue as smtpd sees it, on top of the queue API. What makes it one
@@ -45,6 +55,13 @@ const WRITE_BEHIND_MAX = 10_000;
  *   inline: one atomic request;
  * - the body just committed is kept for the first delivery's MESSAGE_FD_R;
  * - envelope deletes after delivery are written behind (WriteBehind).
+ * What keeps smtpd going whatever the service does:
+ * - no call waits for the service longer than timeout + retry budget; a
+ *   write that has not landed by then goes on in the background, after the
+ *   earlier writes of its message;
+ * - a copy of every envelope smtpd knows through this bridge (EnvelopeCopy)
+ *   answers LOAD when the service does not, since smtpd forgets an envelope
+ *   whose LOAD comes back empty.
  * Every failure is thrown to the protocol layer, which answers smtpd with a
  * failure it can take.
  */
@@ -61,9 +78,18 @@ export class Backend implements QueueBackend {
   private readonly incoming = new Map<Msgid, Map<Evpid, Buffer>>();
   private readonly later: WriteBehind;
   private readonly asyncDelete: boolean;
+  /** The longest any smtpd call waits for the service. */
+  private readonly answerWithinMs: number;
   private readonly drainMs: number;
   private readonly walk: StartupWalk;
   private readonly lease: Lease;
+  private readonly copy: EnvelopeCopy;
+  /** Envelopes whose bytes in the copy the service may not have yet (written behind). */
+  private readonly unsent = new Set<Evpid>();
+  /** Envelopes with an update queued behind; it sends whatever the copy holds when it runs. */
+  private readonly updating = new Set<Evpid>();
+  /** Envelopes smtpd deleted whose delete has not landed yet. */
+  private readonly deleting = new Set<Evpid>();
   private closed = false;
 
   constructor(options: BackendOptions) {
@@ -72,14 +98,17 @@ export class Backend implements QueueBackend {
     this.log = options.log;
     this.files = new BodyFiles(options.tmpDir);
     this.initWaitMs = options.initWaitMs ?? 3_000;
-    this.later = new WriteBehind(options.log);
+    this.later = new WriteBehind(options.log, undefined, options.writeRetryMs);
     this.asyncDelete = options.asyncDelete ?? true;
-    this.drainMs = options.drainMs ?? 15_000;
+    const retryBudgetMs = options.retryBudgetMs ?? 15_000;
+    this.answerWithinMs = (options.timeoutMs ?? 5_000) + retryBudgetMs;
+    this.drainMs = options.drainMs ?? retryBudgetMs;
     const max = options.cacheBytes ?? 64 * 1024 * 1024;
     this.bodies = new LRUCache({ maxSize: Math.max(max, 1), sizeCalculation: (body) => Math.max(body.length, 1), maxEntrySize: Math.max(max / 4, 1) });
     // bodies kept while the lease was sure may belong to another instance by the time it is sure again
     this.lease = new Lease(this.store, this.owner, options.leaseMs ?? 60_000, this.log, () => this.bodies.clear());
     this.walk = new StartupWalk(() => this.lease.markWalkDone());
+    this.copy = new EnvelopeCopy(options.envelopeMemoryBytes ?? 32 * 1024 * 1024, options.tmpDir, this.log);
   }
 
   async init(version: number): Promise<void> {
@@ -91,7 +120,8 @@ export class Backend implements QueueBackend {
       // after the takeover, so that what it claimed is this instance's when the walk's snapshot is taken
       this.walk.start(this.store, this.owner, this.log);
       try {
-        const purged = await this.store.messagePurge(this.owner, []);
+        // INIT may have stopped waiting before this point, and smtpd may be receiving mail already
+        const purged = await this.store.messagePurge(this.owner, [...this.reserved, ...this.incoming.keys()]);
         if (purged > 0) this.log.info({ purged }, `purged ${purged} uncommitted messages left by an earlier run`);
       } catch (err) {
         this.log.warn({ err }, 'could not purge uncommitted messages of an earlier run; they stay until the next start');
@@ -99,7 +129,7 @@ export class Backend implements QueueBackend {
       this.refill();
       await Promise.all([this.reserving, this.walk.firstPage()]);
     })();
-    await within(startup, this.initWaitMs);
+    await within(startup, Math.min(this.initWaitMs, this.answerWithinMs));
   }
 
   /** Claims the messages of instances whose lease has expired; the walk then hands them to smtpd. */
@@ -125,23 +155,33 @@ export class Backend implements QueueBackend {
     return this.later.pending;
   }
 
+  /** The local copy of envelopes: how many, and how many of them are in its spill file. */
+  get localEnvelopes(): { envelopes: number; spilled: number } {
+    return { envelopes: this.copy.size, spilled: this.copy.spilledCount };
+  }
+
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    const deadline = this.deadline();
     // the lease is left to run out rather than released: a restart keeps its mail
     this.lease.stop();
-    const left = await this.later.drain(this.drainMs);
+    const left = await this.later.drain(Math.min(this.drainMs, deadline - Date.now()));
     if (left > 0) this.log.warn({ left }, `${left} background writes were not done; their mail may be delivered again after a restart`);
-    if (this.reserved.splice(0).length > 0) {
-      await this.store.messagePurge(this.owner, [...this.incoming.keys()]).catch((err: unknown) => {
+    if (this.reserved.splice(0).length > 0 && Date.now() < deadline) {
+      try {
+        await this.bounded(this.store.messagePurge(this.owner, [...this.incoming.keys()]), deadline, 'release of reserved msgids');
+      } catch (err) {
         this.log.warn({ err }, 'could not release reserved msgids; the next start purges them');
-      });
+      }
     }
+    this.copy.close();
   }
 
   async messageCreate(): Promise<Msgid> {
+    const deadline = this.deadline();
     if (this.reserved.length <= RESERVE_LOW) this.refill();
-    if (this.reserved.length === 0) await this.reserving;
+    if (this.reserved.length === 0 && this.reserving) await within(this.reserving, deadline - Date.now());
     const msgid = this.reserved.shift();
     if (!msgid) throw new Error('no msgid reserved: the queue service is unavailable');
     this.incoming.set(msgid, new Map());
@@ -149,34 +189,36 @@ export class Backend implements QueueBackend {
   }
 
   async messageDelete(msgid: Msgid): Promise<boolean> {
+    const deadline = this.deadline();
     this.incoming.delete(msgid);
     this.bodies.delete(msgid);
-    await this.later.settled(msgid);
-    try {
-      await this.store.messageDelete(msgid, { owner: this.owner });
-      return true;
-    } catch (err) {
-      // smtpd gave up on this message; a rollback left undone would leave it in the queue
-      this.log.warn({ err, msgid }, `rollback of ${msgid} failed; retrying in the background`);
-      this.later.add(msgid, `rollback of ${msgid}`, () => this.store.messageDelete(msgid, { owner: this.owner }).then(() => undefined), isFinal);
-      return false;
-    }
+    for (const evpid of this.copy.deleteMessage(msgid)) this.unsent.delete(evpid);
+    // smtpd gave up on this message, and a rollback left undone would leave it in the queue: one that
+    // does not land now is retried in the background, after any commit of the message still under way
+    const outcome = await this.writeNowOrBehind(msgid, `rollback of ${msgid}`, () => this.store.messageDelete(msgid, { owner: this.owner }), deadline);
+    if (outcome instanceof Error) this.log.warn({ err: outcome, msgid }, `rollback of ${msgid} refused`);
+    return outcome === 'done';
   }
 
   async messageCommit(msgid: Msgid, fd: number): Promise<boolean> {
+    const deadline = this.deadline();
     const body = readAllAndClose(fd);
     const held = this.incoming.get(msgid) ?? new Map<Evpid, Buffer>();
     const envelopes: Envelope[] = [...held].map(([evpid, data]) => ({ evpid, data }));
     for (const e of envelopes) this.walk.exclude(e.evpid);
-    await this.store.messageCommit({ msgid, owner: this.owner, size: body.length, sha256: sha256hex(body), body, envelopes });
+    // a commit with no answer by the deadline is answered as failed, and the rollback smtpd then sends waits for it
+    const commit = this.store.messageCommit({ msgid, owner: this.owner, size: body.length, sha256: sha256hex(body), body, envelopes });
+    await this.bounded(commit, deadline, `commit of ${msgid}`, msgid);
     this.incoming.delete(msgid);
     this.bodies.set(msgid, body);
+    for (const e of envelopes) this.copy.set(e.evpid, e.data);
     return true;
   }
 
   async messageFd(msgid: Msgid): Promise<number> {
+    const deadline = this.deadline();
     if (!this.lease.isSure()) throw new Error(`not delivering ${msgid}: the lease may have run out and another instance may own it`);
-    const body = this.bodies.get(msgid) ?? (await this.store.messageRead(msgid, { owner: this.owner })).data;
+    const body = this.bodies.get(msgid) ?? (await this.bounded(this.store.messageRead(msgid, { owner: this.owner }), deadline, `read of ${msgid}`)).data;
     return this.files.open(body);
   }
 
@@ -188,54 +230,264 @@ export class Backend implements QueueBackend {
       held.set(evpid, Buffer.from(data));
       return evpid;
     }
-    // a committed message: smtpd adds bounces to the original
-    await this.later.settled(msgid);
+    return this.createBounce(msgid, data);
+  }
+
+  /**
+   * smtpd adds bounces (failure, delay and success notices) to the committed
+   * original. It does so before it deletes the envelope that bounced
+   * (queue.c: queue_bounce, then queue_envelope_delete), so while this
+   * create is on its way the message still has that envelope in the
+   * service, and deletes of its other envelopes still pending cannot make
+   * it the last one: whichever order they land in, the message stays, and
+   * the service checks "last envelope" and inserts an envelope atomically
+   * each. When writes of the message are pending, the bounce is queued
+   * behind them anyway (and the delete of the envelope that bounced, which
+   * comes next, behind it), so that it is answered at once.
+   */
+  private async createBounce(msgid: Msgid, data: Buffer): Promise<Evpid> {
+    const deadline = this.deadline();
+    // a message smtpd knows through this bridge: its bounce can be written behind, LOAD answers it from the copy
+    const known = this.copy.hasMessage(msgid);
     for (let attempt = 1; ; attempt++) {
-      const evpid = randomEvpid(msgid);
+      const evpid = this.newEvpid(msgid);
       this.walk.exclude(evpid);
+      if (known && this.later.busy(msgid)) {
+        if (!this.createBehind(evpid, data)) throw new Error(`bounce ${evpid} not created: the local copy cannot keep it`);
+        return evpid;
+      }
+      const sent = this.store.envelopeCreate({ evpid, data }, { owner: this.owner });
       try {
-        await this.store.envelopeCreate({ evpid, data }, { owner: this.owner });
+        await this.bounded(sent, deadline, `bounce ${evpid}`, msgid);
+        this.copy.set(evpid, data);
         return evpid;
       } catch (err) {
         const clash = err instanceof QueueError && err.code === 'conflict' && err.details.reason === undefined;
-        if (!clash || attempt === 3) throw err;
+        if (clash && attempt < 3) continue;
+        // when smtpd is told there is no bounce but it lands after all, the walk of the next start hands it out
+        if (isFinal(err) || !known || !this.createBehind(evpid, data, sent)) throw err;
+        this.log.warn({ err, evpid }, `bounce ${evpid} did not land in time; written behind`);
+        return evpid;
       }
     }
+  }
+
+  /** Queues the create of a bounce smtpd is told exists; the copy answers its LOAD until it lands. */
+  private createBehind(evpid: Evpid, data: Buffer, sent?: Promise<unknown>): boolean {
+    if (!this.copy.set(evpid, data)) return false;
+    this.unsent.add(evpid);
+    const create = async () => {
+      if (!sent || !(await succeeded(sent))) {
+        try {
+          await this.store.envelopeCreate({ evpid, data }, { owner: this.owner });
+        } catch (err) {
+          if (isGone(err)) this.forget(evpid);
+          throw err;
+        }
+      }
+      // an update made since is queued after this and sends the newer bytes
+      if (this.copy.get(evpid)?.equals(data)) this.unsent.delete(evpid);
+    };
+    void this.later.add(msgidOf(evpid), `create of bounce ${evpid}`, create, isFinal);
+    return true;
   }
 
   async envelopeDelete(evpid: Evpid): Promise<boolean> {
     const msgid = msgidOf(evpid);
     const held = this.incoming.get(msgid);
     if (held) return held.delete(evpid);
+    const deadline = this.deadline();
+    this.forget(evpid);
+    this.deleting.add(evpid);
     const remove = async () => {
-      const { messageDeleted } = await this.store.envelopeDelete(evpid, { owner: this.owner });
-      if (messageDeleted) this.bodies.delete(msgid);
+      try {
+        const { messageDeleted } = await this.store.envelopeDelete(evpid, { owner: this.owner });
+        if (messageDeleted) this.bodies.delete(msgid);
+        this.deleting.delete(evpid);
+      } catch (err) {
+        if (isFinal(err)) this.deleting.delete(evpid);
+        throw err;
+      }
     };
+    const what = `delete of envelope ${evpid}`;
     if (this.asyncDelete && !this.closed && this.later.pending < WRITE_BEHIND_MAX) {
-      this.later.add(msgid, `delete of envelope ${evpid}`, remove, isFinal);
-    } else {
-      await remove();
+      void this.later.add(msgid, what, remove, isFinal);
+      return true;
     }
-    return true;
+    return (await this.writeNowOrBehind(msgid, what, remove, deadline)) === 'done';
   }
 
+  /**
+   * The service's answer if it gives one in time; the local copy's if it
+   * does not. Empty only for an envelope that is gone or no longer this
+   * instance's: smtpd drops an envelope whose LOAD is empty from its
+   * schedule (queue.c, "failed to load envelope"), and would not try it
+   * again until it restarts.
+   */
   async envelopeLoad(evpid: Evpid): Promise<Buffer> {
     const held = this.incoming.get(msgidOf(evpid))?.get(evpid);
-    return held ?? this.store.envelopeLoad(evpid, { owner: this.owner });
+    if (held) return held;
+    // whatever the service still has until the delete lands
+    if (this.deleting.has(evpid)) return NO_ENVELOPE;
+    // the service has older bytes, or none yet
+    const newer = this.unsent.has(evpid) ? this.copy.get(evpid) : undefined;
+    if (newer) return newer;
+    // Whether the lease is sure changes none of this. It is usually not
+    // sure because of the same outage, and the mail is then still ours: an
+    // empty answer would make smtpd forget it. The copy's answer lets smtpd
+    // at most start a delivery, and MESSAGE_FD_R hands out no body while
+    // the lease is not sure, so smtpd tempfails it and tries again later;
+    // if another instance has taken the message over by then, the service
+    // says not_owner and the answer is empty, as it should be.
+    try {
+      const data = await this.bounded(this.store.envelopeLoad(evpid, { owner: this.owner }), this.deadline(), `load of ${evpid}`);
+      this.copy.set(evpid, data);
+      return data;
+    } catch (err) {
+      if (isGone(err)) {
+        this.forget(evpid);
+        this.log.info({ err, evpid }, `envelope ${evpid} is gone or no longer this instance's: smtpd drops it`);
+        return NO_ENVELOPE;
+      }
+      const kept = this.copy.get(evpid);
+      if (kept) {
+        this.log.warn({ err, evpid }, `envelope ${evpid} loaded from the local copy: the service did not answer`);
+        return kept;
+      }
+      this.log.error({ err, evpid }, `envelope ${evpid} not loaded: the service did not answer and the local copy does not have it; smtpd drops it until it restarts`);
+      throw err;
+    }
   }
 
+  /**
+   * smtpd takes r=0 for a warning only (queue.c: "could not update
+   * envelope"): it keeps the envelope scheduled, and its envelope cache
+   * keeps the bytes from before. So an update of an envelope the copy has
+   * that does not land in time is kept in the copy, answered 1 and written
+   * behind: the next LOAD answers the new bytes, from the copy until the
+   * service has them. An envelope the copy does not have is answered 0
+   * when its update does not land, as nothing could answer its LOAD.
+   */
   async envelopeUpdate(evpid: Evpid, data: Buffer): Promise<boolean> {
-    const held = this.incoming.get(msgidOf(evpid));
+    const msgid = msgidOf(evpid);
+    const held = this.incoming.get(msgid);
     if (held?.has(evpid)) {
       held.set(evpid, Buffer.from(data));
       return true;
     }
-    await this.store.envelopeUpdate({ evpid, data }, { owner: this.owner });
-    return true;
+    const known = this.copy.has(evpid);
+    // after the writes of the message still pending, or it could land before an older update of the envelope
+    if (known && (this.later.busy(msgid) || this.unsent.has(evpid))) {
+      if (!this.copy.set(evpid, data)) throw new Error(`update of ${evpid} not kept: the local copy cannot keep it`);
+      this.updateBehind(evpid);
+      return true;
+    }
+    try {
+      await this.bounded(this.store.envelopeUpdate({ evpid, data }, { owner: this.owner }), this.deadline(), `update of ${evpid}`, msgid);
+      this.copy.set(evpid, data);
+      return true;
+    } catch (err) {
+      if (isGone(err)) {
+        this.forget(evpid);
+        return false;
+      }
+      if (!known || isFinal(err) || !this.copy.set(evpid, data)) throw err;
+      this.log.warn({ err, evpid }, `update of ${evpid} did not land in time; written behind`);
+      this.updateBehind(evpid);
+      return true;
+    }
   }
 
-  envelopeWalk(): Promise<{ evpid: Evpid; data: Buffer } | 'again' | 'done'> {
-    return this.walk.next();
+  /** Queues a write of the envelope's bytes in the copy, unless one is queued already; it sends the latest bytes. */
+  private updateBehind(evpid: Evpid): void {
+    this.unsent.add(evpid);
+    if (this.updating.has(evpid)) return;
+    this.updating.add(evpid);
+    const update = async () => {
+      for (;;) {
+        const data = this.copy.get(evpid);
+        if (!data || !this.unsent.has(evpid)) return;
+        try {
+          await this.store.envelopeUpdate({ evpid, data }, { owner: this.owner });
+        } catch (err) {
+          if (isGone(err)) this.forget(evpid);
+          throw err;
+        }
+        if (this.copy.get(evpid)?.equals(data)) {
+          this.unsent.delete(evpid);
+          return;
+        }
+      }
+    };
+    void this.later.add(msgidOf(evpid), `update of ${evpid}`, update, isFinal).finally(() => this.updating.delete(evpid));
+  }
+
+  async envelopeWalk(): Promise<{ evpid: Evpid; data: Buffer } | 'again' | 'done'> {
+    const next = await this.walk.next();
+    if (typeof next === 'object') this.copy.set(next.evpid, next.data);
+    return next;
+  }
+
+  private deadline(): number {
+    return Date.now() + this.answerWithinMs;
+  }
+
+  /**
+   * Waits for a request until the smtpd call's deadline. One still running
+   * then is left to finish, and writes queued for its message after it wait
+   * for it, so that the bridge's writes of a message land in order.
+   */
+  private async bounded<T>(request: Promise<T>, deadline: number, what: string, msgid?: Msgid): Promise<T> {
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<'late'>((resolve) => (timer = setTimeout(() => resolve('late'), Math.max(deadline - Date.now(), 0))));
+    try {
+      const first = await Promise.race([request.then((value) => ({ value })), late]);
+      if (first !== 'late') return first.value;
+    } finally {
+      clearTimeout(timer);
+    }
+    request.catch(() => undefined); // nobody waits for its outcome any more
+    if (msgid) this.later.track(msgid, request);
+    throw new QueueError('unavailable', `${what}: no answer within ${this.answerWithinMs} ms`, { timedOut: true });
+  }
+
+  /**
+   * A write smtpd waits for: sent at once if nothing of its message is
+   * pending, else queued behind what is. One that does not land by the
+   * deadline, or fails in a way that may pass, is retried in the background
+   * after the attempt under way. Answers 'done', 'behind', or the service's
+   * refusal.
+   */
+  private async writeNowOrBehind(msgid: Msgid, what: string, write: () => Promise<unknown>, deadline: number): Promise<'done' | 'behind' | QueueError> {
+    const retry = async (after?: Promise<unknown>) => {
+      if (!after || !(await succeeded(after))) await write();
+    };
+    if (this.later.busy(msgid)) {
+      void this.later.add(msgid, what, () => retry(), isFinal);
+      return 'behind';
+    }
+    const sent = write();
+    try {
+      await this.bounded(sent, deadline, what, msgid);
+      return 'done';
+    } catch (err) {
+      if (isFinal(err)) return err as QueueError;
+      this.log.warn({ err }, `${what} did not land in time; retrying in the background`);
+      void this.later.add(msgid, what, () => retry(sent), isFinal);
+      return 'behind';
+    }
+  }
+
+  private forget(evpid: Evpid): void {
+    this.copy.delete(evpid);
+    this.unsent.delete(evpid);
+  }
+
+  private newEvpid(msgid: Msgid): Evpid {
+    for (;;) {
+      const evpid = randomEvpid(msgid);
+      if (!this.copy.has(evpid) && !this.deleting.has(evpid)) return evpid;
+    }
   }
 
   /** Reserves another batch of msgids in the background, one batch at a time. */
@@ -385,4 +637,17 @@ async function within(work: Promise<unknown>, ms: number): Promise<void> {
 /** A request the service refused for good: retrying cannot help. */
 function isFinal(err: unknown): boolean {
   return err instanceof QueueError && err.code !== 'unavailable';
+}
+
+/** The service's definite word that an envelope is not this instance's to load or change: gone, or taken over. */
+function isGone(err: unknown): boolean {
+  return err instanceof QueueError && (err.code === 'not_found' || (err.code === 'conflict' && err.details.reason === 'not_owner'));
+}
+
+/** Whether a request sent earlier succeeded, once it is over. */
+function succeeded(request: Promise<unknown>): Promise<boolean> {
+  return request.then(
+    () => true,
+    () => false,
+  );
 }

@@ -90,6 +90,8 @@ async function main(): Promise<void> {
       tmpDir: config.tmpDir,
       cacheBytes: config.cacheBytes,
       asyncDelete: config.asyncDelete,
+      timeoutMs: config.timeoutMs,
+      retryBudgetMs: config.retryBudgetMs,
       drainMs: config.retryBudgetMs,
       leaseMs: config.leaseMs,
     });

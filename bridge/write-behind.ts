@@ -2,12 +2,15 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from '../lib/log';
 
 /**
- * Mutations smtpd need not wait for (envelope deletes after delivery, which
- * smtpd does not even check, and rollbacks that failed): each runs after the
- * earlier ones of the same message, a few messages at a time, and is retried
- * until it succeeds or fails for good. What is still pending when the bridge
- * stops is lost, which means the mail is delivered again after a restart:
- * a duplicate, never a loss.
+ * Writes smtpd does not wait for (envelope deletes after delivery, which
+ * smtpd does not even check, rollbacks and updates that did not land in
+ * time): each runs after the earlier ones of the same message, a few
+ * messages at a time, and is retried until it succeeds or fails for good.
+ * A call smtpd gave up waiting for can be tracked too, so that what is
+ * queued for its message after it waits until it is over and lands after
+ * it. Nothing here is awaited without a bound by an smtpd call. What is
+ * still pending when the bridge stops is lost, which means the mail is
+ * delivered again after a restart: a duplicate, never a loss.
  */
 export class WriteBehind {
   private readonly chains = new Map<string, Promise<void>>();
@@ -22,29 +25,39 @@ export class WriteBehind {
     private readonly retryMs = 2_000,
   ) {}
 
-  add(key: string, what: string, work: () => Promise<void>, isFinal: (err: unknown) => boolean): void {
-    this.pending++;
-    const next = (this.chains.get(key) ?? Promise.resolve())
-      .then(() => this.attempt(what, work, isFinal))
-      .finally(() => {
-        this.pending--;
-        if (this.chains.get(key) === next) this.chains.delete(key);
-      });
-    this.chains.set(key, next);
+  /** Queues `work` after everything queued for `key`; resolves once it is done, dropped, or the bridge stopped. */
+  add(key: string, what: string, work: () => Promise<void>, isFinal: (err: unknown) => boolean): Promise<void> {
+    return this.enqueue(key, () => this.attempt(what, work, isFinal));
   }
 
-  /** Resolves once everything queued for `key` so far is done. */
-  settled(key: string): Promise<void> {
-    return this.chains.get(key) ?? Promise.resolve();
+  /** Makes what is queued for `key` from now on wait until `running`, a request already sent, is over. */
+  track(key: string, running: Promise<unknown>): void {
+    const over = () => undefined;
+    void this.enqueue(key, () => running.then(over, over));
+  }
+
+  /** Whether anything queued or tracked for `key` is not over yet. */
+  busy(key: string): boolean {
+    return this.chains.has(key);
   }
 
   /** Waits up to `ms` for everything queued, then stops retrying; answers how many were left. */
   async drain(ms: number): Promise<number> {
     let timer: NodeJS.Timeout | undefined;
-    await Promise.race([Promise.all(this.chains.values()), new Promise<void>((resolve) => (timer = setTimeout(resolve, ms)))]);
+    await Promise.race([Promise.all(this.chains.values()), new Promise<void>((resolve) => (timer = setTimeout(resolve, Math.max(ms, 0))))]);
     clearTimeout(timer);
     this.stopped = true;
     return this.pending;
+  }
+
+  private enqueue(key: string, step: () => Promise<void>): Promise<void> {
+    this.pending++;
+    const next = (this.chains.get(key) ?? Promise.resolve()).then(step).finally(() => {
+      this.pending--;
+      if (this.chains.get(key) === next) this.chains.delete(key);
+    });
+    this.chains.set(key, next);
+    return next;
   }
 
   private async attempt(what: string, work: () => Promise<void>, isFinal: (err: unknown) => boolean): Promise<void> {

@@ -1,0 +1,535 @@
+import { closeSync, fstatSync, mkdtempSync, openSync, readdirSync, readSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import type { DestinationStream } from 'pino';
+import { Backend, type BackendOptions } from '../../bridge/backend';
+import { dispatch, failureReply, PROC, type Reply } from '../../bridge/protocol';
+import { QueueError } from '../../lib/errors';
+import { evpidFromHex, evpidToHex, msgidFromHex, msgidToHex, randomEvpid, randomMsgid, type Evpid, type Msgid } from '../../lib/ids';
+import { createLogger } from '../../lib/log';
+import { sha256hex } from '../../lib/rules';
+import type { Envelope, QueueStore } from '../../lib/store';
+import { MemoryQueueStore } from '../../lib/store-memory';
+import { FaultyStore } from '../support/faulty-store';
+
+/**
+ * The bridge's Backend in process, as smtpd's calls reach it (through the
+ * protocol layer, with a thrown failure answered as main.ts answers it),
+ * over the in-memory store behind a store that fails on demand: what smtpd
+ * is answered while the service is down or hangs, how long it waits, and
+ * what the queue holds once the service is back.
+ */
+
+const TIMEOUT_MS = 200;
+const BUDGET_MS = 500;
+/** No smtpd call may take longer: timeout + retry budget, and a little for the test's own work. */
+const BOUND_MS = TIMEOUT_MS + BUDGET_MS + 250;
+const OWNER = 'mx1';
+
+const envelope = (rcpt: string, extra = '') => Buffer.from(`version: 3\ndispatcher: local\ntype: mda\nrcpt: ${rcpt}\nhelo: test\nhostname: test\n${extra}`);
+const bounce = (rcpt: string) => envelope(rcpt, 'type: bounce\nbounce-type: failed\n');
+const BODY = Buffer.from('Subject: hello\r\n\r\nHello, world.\r\n');
+
+function u32(n: number): Buffer {
+  const b = Buffer.alloc(4);
+  b.writeUInt32LE(n, 0);
+  return b;
+}
+
+function u64(evpid: Evpid): Buffer {
+  const b = Buffer.alloc(8);
+  b.writeBigUInt64LE(evpidFromHex(evpid), 0);
+  return b;
+}
+
+/** smtpd's side: each call goes through dispatch, and a failure is answered as main.ts answers it. */
+class Smtpd {
+  constructor(
+    readonly backend: Backend,
+    private readonly tmp: string,
+  ) {}
+
+  private async call(type: number, data: Buffer = Buffer.alloc(0), fd?: number): Promise<Reply> {
+    try {
+      return await dispatch(this.backend, { type, peerid: 0, pid: 1, data, fd });
+    } catch {
+      return failureReply(type);
+    }
+  }
+
+  private async r(type: number, data?: Buffer, fd?: number): Promise<number> {
+    return (await this.call(type, data, fd)).data.readInt32LE(0);
+  }
+
+  async init(): Promise<void> {
+    expect((await this.call(PROC.INIT, u32(2))).data).toHaveLength(0);
+  }
+
+  async close(): Promise<number> {
+    return this.r(PROC.CLOSE);
+  }
+
+  /** A msgid, or null for r=0. */
+  async messageCreate(): Promise<Msgid | null> {
+    const { data } = await this.call(PROC.MESSAGE_CREATE);
+    return data.readInt32LE(0) === 1 ? msgidToHex(data.readUInt32LE(4)) : null;
+  }
+
+  /** An evpid, or null for r=0. */
+  async envelopeCreate(msgid: Msgid, bytes: Buffer): Promise<Evpid | null> {
+    const { data } = await this.call(PROC.ENVELOPE_CREATE, Buffer.concat([u32(msgidFromHex(msgid)), bytes]));
+    return data.readInt32LE(0) === 1 ? evpidToHex(data.readBigUInt64LE(4)) : null;
+  }
+
+  async messageCommit(msgid: Msgid, body = BODY): Promise<number> {
+    const file = path.join(mkdtempSync(path.join(this.tmp, 'body-')), msgid);
+    writeFileSync(file, body);
+    return this.r(PROC.MESSAGE_COMMIT, u32(msgidFromHex(msgid)), openSync(file, 'r'));
+  }
+
+  async messageDelete(msgid: Msgid): Promise<number> {
+    return this.r(PROC.MESSAGE_DELETE, u32(msgidFromHex(msgid)));
+  }
+
+  /** The body behind the fd handed out, or null for no fd. */
+  async messageFd(msgid: Msgid): Promise<Buffer | null> {
+    const reply = await this.call(PROC.MESSAGE_FD_R, u32(msgidFromHex(msgid)));
+    if (reply.fd === undefined) return null;
+    const body = Buffer.alloc(fstatSync(reply.fd).size);
+    for (let at = 0; at < body.length; ) at += readSync(reply.fd, body, at, body.length - at, at);
+    closeSync(reply.fd);
+    return body;
+  }
+
+  /** The LOAD answer: the envelope's bytes, or empty. */
+  async envelopeLoad(evpid: Evpid): Promise<Buffer> {
+    return (await this.call(PROC.ENVELOPE_LOAD, u64(evpid))).data;
+  }
+
+  async envelopeUpdate(evpid: Evpid, bytes: Buffer): Promise<number> {
+    return this.r(PROC.ENVELOPE_UPDATE, Buffer.concat([u64(evpid), bytes]));
+  }
+
+  async envelopeDelete(evpid: Evpid): Promise<number> {
+    return this.r(PROC.ENVELOPE_DELETE, u64(evpid));
+  }
+
+  async envelopeWalk(): Promise<Envelope | 'again' | 'done'> {
+    const { data } = await this.call(PROC.ENVELOPE_WALK);
+    const r = data.readInt32LE(0);
+    if (r === 0) return 'again';
+    if (r === -1) return 'done';
+    return { evpid: evpidToHex(data.readBigUInt64LE(4)), data: data.subarray(12) };
+  }
+
+  async walkAll(): Promise<Envelope[]> {
+    const walked: Envelope[] = [];
+    for (let i = 0; i < 1000; i++) {
+      const next = await this.envelopeWalk();
+      if (next === 'done') return walked;
+      if (next !== 'again') walked.push(next);
+    }
+    throw new Error('the walk never ended');
+  }
+
+  /** MESSAGE_CREATE, an ENVELOPE_CREATE per recipient, MESSAGE_COMMIT. */
+  async accept(recipients: string[]): Promise<{ msgid: Msgid; evpids: Evpid[] }> {
+    const msgid = await this.messageCreate();
+    if (!msgid) throw new Error('MESSAGE_CREATE failed');
+    const evpids: Evpid[] = [];
+    for (const rcpt of recipients) evpids.push((await this.envelopeCreate(msgid, envelope(rcpt)))!);
+    expect(await this.messageCommit(msgid)).toBe(1);
+    return { msgid, evpids };
+  }
+}
+
+interface Bridge {
+  smtpd: Smtpd;
+  backend: Backend;
+  store: FaultyStore;
+  inner: MemoryQueueStore;
+  tmp: string;
+  /** The bridge's log lines. */
+  logs: { severity: string; message: string }[];
+}
+
+const started: Bridge[] = [];
+
+afterEach(async () => {
+  for (const { store, backend, tmp } of started.splice(0)) {
+    store.heal();
+    await backend.close();
+    rmSync(tmp, { recursive: true, force: true });
+  }
+});
+
+/** A bridge over `inner` (a fresh queue by default), not yet initialized. */
+function bridge(inner = new MemoryQueueStore(), options: Partial<BackendOptions> = {}): Bridge {
+  const store = new FaultyStore(inner);
+  const tmp = mkdtempSync(path.join(tmpdir(), 'backend-test-'));
+  const logs: Bridge['logs'] = [];
+  const destination = { write: (line: string) => void logs.push(JSON.parse(line)) } as unknown as DestinationStream;
+  const backend = new Backend({
+    store,
+    owner: OWNER,
+    log: createLogger({ level: 'debug', destination }),
+    tmpDir: tmp,
+    timeoutMs: TIMEOUT_MS,
+    retryBudgetMs: BUDGET_MS,
+    writeRetryMs: 20,
+    ...options,
+  });
+  const b = { smtpd: new Smtpd(backend, tmp), backend, store, inner, tmp, logs };
+  started.push(b);
+  return b;
+}
+
+/** A bridge that has answered INIT and walked the queue. */
+async function running(inner?: MemoryQueueStore, options?: Partial<BackendOptions>): Promise<Bridge & { walked: Envelope[] }> {
+  const b = bridge(inner, options);
+  await b.smtpd.init();
+  return { ...b, walked: await b.smtpd.walkAll() };
+}
+
+/** A message committed straight into the store, as an earlier run of the bridge left it. */
+async function seed(store: QueueStore, recipients: string[]): Promise<{ msgid: Msgid; envelopes: Envelope[] }> {
+  const msgid = randomMsgid();
+  const envelopes = recipients.map((rcpt) => ({ evpid: randomEvpid(msgid), data: envelope(rcpt) }));
+  await store.messageCommit({ msgid, owner: OWNER, size: BODY.length, sha256: sha256hex(BODY), body: BODY, envelopes });
+  return { msgid, envelopes };
+}
+
+/** Runs one smtpd call and checks that it was answered within timeout + retry budget. */
+async function answered<T>(what: string, call: Promise<T>): Promise<T> {
+  const t0 = performance.now();
+  const value = await call;
+  const ms = Math.round(performance.now() - t0);
+  if (ms >= BOUND_MS) throw new Error(`${what} was answered after ${ms} ms, over the ${BOUND_MS} ms bound`);
+  return value;
+}
+
+async function until(what: string, check: () => boolean | Promise<boolean>, ms = 5_000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!(await check())) {
+    if (Date.now() > end) throw new Error(`still not so after ${ms} ms: ${what}`);
+    await sleep(10);
+  }
+}
+
+const settled = (b: Bridge) => until('the background writes are done', () => b.backend.pendingWrites === 0);
+
+describe('ENVELOPE_LOAD while the service does not answer', () => {
+  test('answers a walked envelope from the local copy', async () => {
+    const inner = new MemoryQueueStore();
+    const { envelopes } = await seed(inner, ['a@example.test', 'b@example.test']);
+    const b = await running(inner);
+    expect(b.walked).toHaveLength(2);
+    b.store.fail();
+    for (const e of envelopes) expect(await b.smtpd.envelopeLoad(e.evpid)).toEqual(e.data);
+  });
+
+  test('answers an envelope committed through the bridge from the local copy', async () => {
+    const b = await running();
+    const { evpids } = await b.smtpd.accept(['a@example.test', 'b@example.test']);
+    b.store.fail();
+    expect(await b.smtpd.envelopeLoad(evpids[0])).toEqual(envelope('a@example.test'));
+    expect(await b.smtpd.envelopeLoad(evpids[1])).toEqual(envelope('b@example.test'));
+  });
+
+  test('answers the last bytes of an updated envelope, whether the update landed or was written behind', async () => {
+    const b = await running();
+    const [evpid] = (await b.smtpd.accept(['a@example.test'])).evpids;
+    const first = envelope('a@example.test', 'retry: 1\n');
+    const second = envelope('a@example.test', 'retry: 2\n');
+    expect(await b.smtpd.envelopeUpdate(evpid, first)).toBe(1);
+    b.store.fail();
+    expect(await b.smtpd.envelopeLoad(evpid)).toEqual(first);
+    expect(await b.smtpd.envelopeUpdate(evpid, second)).toBe(1);
+    expect(await b.smtpd.envelopeLoad(evpid)).toEqual(second);
+    b.store.heal();
+    await settled(b);
+    expect(await b.inner.envelopeLoad(evpid)).toEqual(second);
+    expect(await b.smtpd.envelopeLoad(evpid)).toEqual(second);
+  });
+
+  test('answers a bounce, whether it was created before the outage or during it', async () => {
+    const b = await running();
+    const { msgid } = await b.smtpd.accept(['a@example.test']);
+    const before = (await b.smtpd.envelopeCreate(msgid, bounce('before@example.test')))!;
+    expect(before).not.toBeNull();
+    b.store.fail();
+    const during = (await b.smtpd.envelopeCreate(msgid, bounce('during@example.test')))!;
+    expect(during).not.toBeNull();
+    expect(during.slice(0, 8)).toBe(msgid);
+    expect(await b.smtpd.envelopeLoad(before)).toEqual(bounce('before@example.test'));
+    expect(await b.smtpd.envelopeLoad(during)).toEqual(bounce('during@example.test'));
+    b.store.heal();
+    await settled(b);
+    expect(await b.inner.envelopeLoad(during)).toEqual(bounce('during@example.test'));
+  });
+
+  test.each([
+    ['the service unreachable', () => new QueueError('unavailable', 'envelopeLoad did not answer: connect ECONNREFUSED', {})],
+    ['a 503', () => new QueueError('unavailable', 'envelopeLoad answered 503', { status: 503 })],
+    ['a connection reset', () => new Error('socket hang up')],
+    ['a refused credential', () => new QueueError('unauthorized', 'bad token')],
+  ])('answers from the local copy on %s, which says nothing of the envelope', async (_fault, error) => {
+    const b = await running();
+    const [evpid] = (await b.smtpd.accept(['a@example.test'])).evpids;
+    b.store.error = error;
+    b.store.failNext('envelopeLoad', 1);
+    expect(await b.smtpd.envelopeLoad(evpid)).toEqual(envelope('a@example.test'));
+    expect(b.store.calls('envelopeLoad')).toBe(1);
+  });
+
+  test('answers from the local copy within timeout + retry budget when the request hangs', async () => {
+    const b = await running();
+    const [evpid] = (await b.smtpd.accept(['a@example.test'])).evpids;
+    b.store.hang('envelopeLoad');
+    expect(await answered('LOAD', b.smtpd.envelopeLoad(evpid))).toEqual(envelope('a@example.test'));
+  });
+});
+
+describe('ENVELOPE_LOAD answers empty only for an envelope that is gone or no longer ours', () => {
+  test('an envelope smtpd deleted, before and after its delete lands, with the service up or down', async () => {
+    const b = await running();
+    const [deleted, kept] = (await b.smtpd.accept(['a@example.test', 'b@example.test'])).evpids;
+    b.store.hang('envelopeDelete');
+    expect(await b.smtpd.envelopeDelete(deleted)).toBe(1);
+    expect(await b.smtpd.envelopeLoad(deleted)).toHaveLength(0);
+    b.store.release();
+    await settled(b);
+    expect(await b.smtpd.envelopeLoad(deleted)).toHaveLength(0);
+    b.store.fail();
+    expect(await b.smtpd.envelopeLoad(deleted)).toHaveLength(0);
+    expect(await b.smtpd.envelopeLoad(kept)).toEqual(envelope('b@example.test'));
+  });
+
+  test('an envelope another instance has taken over, and the copy forgets it', async () => {
+    const b = await running();
+    const [evpid] = (await b.smtpd.accept(['a@example.test'])).evpids;
+    // this instance's lease runs out and mx2 claims its mail
+    await b.inner.instanceHeartbeat(OWNER, 1);
+    await sleep(5);
+    expect((await b.inner.queueTakeover('mx2')).claimed).toHaveLength(1);
+    expect(await b.smtpd.envelopeLoad(evpid)).toHaveLength(0);
+    b.store.fail();
+    expect(await b.smtpd.envelopeLoad(evpid)).toHaveLength(0);
+  });
+
+  test('an envelope the service says is gone, and the copy forgets it', async () => {
+    const b = await running();
+    const [evpid] = (await b.smtpd.accept(['a@example.test', 'b@example.test'])).evpids;
+    await b.inner.envelopeDelete(evpid); // an administrator removed it
+    expect(await b.smtpd.envelopeLoad(evpid)).toHaveLength(0);
+    b.store.fail();
+    expect(await b.smtpd.envelopeLoad(evpid)).toHaveLength(0);
+  });
+
+  test('an envelope the bridge never knew, while the service is down, with an error in the log that says why', async () => {
+    const b = await running();
+    b.store.fail();
+    expect(await b.smtpd.envelopeLoad(randomEvpid(randomMsgid()))).toHaveLength(0);
+    expect(b.logs.some((l) => l.severity === 'ERROR' && /local copy does not have it/.test(l.message))).toBe(true);
+  });
+});
+
+describe('ENVELOPE_UPDATE never makes smtpd forget an envelope', () => {
+  test('an update that does not land in time is answered 1 within timeout + retry budget, and lands once the service is back', async () => {
+    const b = await running();
+    const [evpid] = (await b.smtpd.accept(['a@example.test'])).evpids;
+    const updated = envelope('a@example.test', 'retry: 1\n');
+    b.store.hang('envelopeUpdate');
+    expect(await answered('UPDATE', b.smtpd.envelopeUpdate(evpid, updated))).toBe(1);
+    b.store.hang('envelopeLoad');
+    expect(await answered('LOAD', b.smtpd.envelopeLoad(evpid))).toEqual(updated);
+    b.store.release();
+    await settled(b);
+    expect(await b.inner.envelopeLoad(evpid)).toEqual(updated);
+  });
+
+  test('updates written behind land in order: the service ends with the last one', async () => {
+    const b = await running();
+    const [evpid] = (await b.smtpd.accept(['a@example.test'])).evpids;
+    b.store.hang('envelopeUpdate');
+    for (let retry = 1; retry <= 3; retry++) {
+      expect(await answered(`UPDATE ${retry}`, b.smtpd.envelopeUpdate(evpid, envelope('a@example.test', `retry: ${retry}\n`)))).toBe(1);
+    }
+    expect(await b.smtpd.envelopeLoad(evpid)).toEqual(envelope('a@example.test', 'retry: 3\n'));
+    b.store.release();
+    await settled(b);
+    expect(await b.inner.envelopeLoad(evpid)).toEqual(envelope('a@example.test', 'retry: 3\n'));
+  });
+
+  test('an update of an envelope the bridge does not know is answered 0 while the service is down', async () => {
+    const b = await running();
+    b.store.fail();
+    expect(await b.smtpd.envelopeUpdate(randomEvpid(randomMsgid()), envelope('x@example.test'))).toBe(0);
+  });
+
+  test('an update of an envelope that is gone is answered 0, and LOAD then answers empty', async () => {
+    const b = await running();
+    const [evpid] = (await b.smtpd.accept(['a@example.test', 'b@example.test'])).evpids;
+    await b.inner.envelopeDelete(evpid);
+    expect(await b.smtpd.envelopeUpdate(evpid, envelope('a@example.test', 'retry: 1\n'))).toBe(0);
+    b.store.fail();
+    expect(await b.smtpd.envelopeLoad(evpid)).toHaveLength(0);
+  });
+});
+
+describe('every smtpd call is answered within timeout + retry budget, whatever the service does', () => {
+  test('INIT, WALK and CLOSE while every request hangs; the walk goes on once the service is back', async () => {
+    const inner = new MemoryQueueStore();
+    const { envelopes } = await seed(inner, ['a@example.test']);
+    const b = bridge(inner, { initWaitMs: 60_000 });
+    b.store.hang();
+    await answered('INIT', b.smtpd.init());
+    for (let i = 0; i < 3; i++) expect(await answered('WALK', b.smtpd.envelopeWalk())).toBe('again');
+    b.store.release();
+    expect(await b.smtpd.walkAll()).toEqual(envelopes);
+    b.store.hang();
+    expect(await answered('DELETE', b.smtpd.envelopeDelete(envelopes[0].evpid))).toBe(1);
+    expect(await answered('CLOSE', b.smtpd.close())).toBe(1);
+  });
+
+  test('every call of a reception, a delivery and a bounce while every request hangs; nothing is lost once it is back', async () => {
+    const inner = new MemoryQueueStore();
+    const walked = await seed(inner, ['w@example.test']);
+    const b = await running(inner);
+    const accepted = await b.smtpd.accept(['a@example.test', 'b@example.test']);
+    b.store.hang();
+
+    // a reception that fails: its commit hangs, smtpd rolls it back
+    const msgid = (await answered('MESSAGE_CREATE', b.smtpd.messageCreate()))!;
+    expect(msgid).not.toBeNull();
+    expect(await answered('ENVELOPE_CREATE', b.smtpd.envelopeCreate(msgid, envelope('c@example.test')))).not.toBeNull();
+    expect(await answered('MESSAGE_COMMIT', b.smtpd.messageCommit(msgid))).toBe(0);
+    expect(await answered('MESSAGE_DELETE', b.smtpd.messageDelete(msgid))).toBe(0);
+
+    // deliveries: a body just committed is at hand, a walked one is not
+    expect(await answered('MESSAGE_FD_R', b.smtpd.messageFd(accepted.msgid))).toEqual(BODY);
+    expect(await answered('MESSAGE_FD_R', b.smtpd.messageFd(walked.msgid))).toBeNull();
+    const w = walked.envelopes[0].evpid;
+    expect(await answered('ENVELOPE_LOAD', b.smtpd.envelopeLoad(w))).toEqual(envelope('w@example.test'));
+    const tempfailed = envelope('w@example.test', 'retry: 1\n');
+    expect(await answered('ENVELOPE_UPDATE', b.smtpd.envelopeUpdate(w, tempfailed))).toBe(1);
+    const [delivered, failed] = accepted.evpids;
+    expect(await answered('ENVELOPE_DELETE', b.smtpd.envelopeDelete(delivered))).toBe(1);
+
+    // a permanent failure: the bounce, then the delete of the envelope that bounced
+    const bounced = (await answered('ENVELOPE_CREATE (bounce)', b.smtpd.envelopeCreate(accepted.msgid, bounce('b@example.test'))))!;
+    expect(bounced).not.toBeNull();
+    expect(await answered('ENVELOPE_DELETE', b.smtpd.envelopeDelete(failed))).toBe(1);
+    // and a delay notice on the walked message, whose update is still pending
+    const notice = (await answered('ENVELOPE_CREATE (delay)', b.smtpd.envelopeCreate(walked.msgid, bounce('w@example.test'))))!;
+    expect(notice).not.toBeNull();
+
+    // the msgids reserved ahead run out, and the reservation hangs
+    let created: Msgid | null;
+    do created = await answered('MESSAGE_CREATE', b.smtpd.messageCreate());
+    while (created);
+
+    b.store.release();
+    await settled(b);
+    await expect(b.inner.messageWalk(msgid)).rejects.toMatchObject({ code: 'not_found' });
+    expect(await b.inner.envelopeLoad(w)).toEqual(tempfailed);
+    expect(await b.inner.envelopeLoad(notice)).toEqual(bounce('w@example.test'));
+    const original = await b.inner.messageWalk(accepted.msgid);
+    expect(original.items).toEqual([{ evpid: bounced, data: bounce('b@example.test') }]);
+
+    b.store.hang();
+    expect(await answered('ENVELOPE_DELETE', b.smtpd.envelopeDelete(bounced))).toBe(1);
+    expect(await answered('CLOSE', b.smtpd.close())).toBe(1);
+  });
+
+  test('ENVELOPE_DELETE answered only once the service has it (async-delete no) is bounded too, and retried behind', async () => {
+    const b = await running(undefined, { asyncDelete: false });
+    const [evpid, other] = (await b.smtpd.accept(['a@example.test', 'b@example.test'])).evpids;
+    b.store.hang('envelopeDelete');
+    expect(await answered('ENVELOPE_DELETE', b.smtpd.envelopeDelete(evpid))).toBe(0);
+    b.store.release();
+    await settled(b);
+    await expect(b.inner.envelopeLoad(evpid)).rejects.toMatchObject({ code: 'not_found' });
+    expect(await b.smtpd.envelopeDelete(other)).toBe(1);
+  });
+});
+
+describe('a rollback is final', () => {
+  test('a commit that hung and lands after the rollback does not bring the message back', async () => {
+    const b = await running();
+    const msgid = (await b.smtpd.messageCreate())!;
+    await b.smtpd.envelopeCreate(msgid, envelope('a@example.test'));
+    b.store.hang('messageCommit');
+    expect(await answered('MESSAGE_COMMIT', b.smtpd.messageCommit(msgid))).toBe(0);
+    expect(await answered('MESSAGE_DELETE', b.smtpd.messageDelete(msgid))).toBe(0);
+    b.store.release();
+    await settled(b);
+    expect(b.store.calls('messageCommit')).toBe(1);
+    await expect(b.inner.messageWalk(msgid)).rejects.toMatchObject({ code: 'not_found' });
+    const next = await running(b.inner);
+    expect(next.walked).toEqual([]);
+  });
+
+  test('a rollback that fails is retried in the background until it lands', async () => {
+    const b = await running();
+    const msgid = (await b.smtpd.messageCreate())!;
+    await b.smtpd.envelopeCreate(msgid, envelope('a@example.test'));
+    b.store.fail('messageCommit', 'messageDelete');
+    expect(await b.smtpd.messageCommit(msgid)).toBe(0);
+    expect(await b.smtpd.messageDelete(msgid)).toBe(0);
+    await until('the rollback was retried', () => b.store.calls('messageDelete') >= 3);
+    expect((await b.inner.messageWalk(msgid)).message.state).toBe('incoming');
+    b.store.heal();
+    await settled(b);
+    await expect(b.inner.messageWalk(msgid)).rejects.toMatchObject({ code: 'not_found' });
+  });
+});
+
+describe('a bounce on a message whose envelope deletes are still pending', () => {
+  test('lands, and the message lives on until the bounce itself is deleted', async () => {
+    const b = await running();
+    const { msgid, evpids } = await b.smtpd.accept(['a@example.test', 'b@example.test']);
+    const [delivered, failed] = evpids;
+    b.store.hang('envelopeDelete');
+    expect(await b.smtpd.envelopeDelete(delivered)).toBe(1);
+    const bounced = (await answered('ENVELOPE_CREATE (bounce)', b.smtpd.envelopeCreate(msgid, bounce('b@example.test'))))!;
+    expect(bounced).not.toBeNull();
+    expect(await b.smtpd.envelopeDelete(failed)).toBe(1);
+    expect(await b.smtpd.envelopeLoad(bounced)).toEqual(bounce('b@example.test'));
+    b.store.release();
+    await settled(b);
+    expect((await b.inner.messageWalk(msgid)).items).toEqual([{ evpid: bounced, data: bounce('b@example.test') }]);
+    expect(await b.smtpd.messageFd(msgid)).toEqual(BODY);
+    expect(await b.smtpd.envelopeDelete(bounced)).toBe(1);
+    await settled(b);
+    await expect(b.inner.messageWalk(msgid)).rejects.toMatchObject({ code: 'not_found' });
+  });
+});
+
+describe('the local copy of envelopes', () => {
+  test('keeps what is past its memory budget in a spill file that leaves nothing on disk, and answers from it', async () => {
+    const inner = new MemoryQueueStore();
+    const seeded = await seed(inner, Array.from({ length: 20 }, (_, i) => `walked${i}@example.test`));
+    const b = await running(inner, { envelopeMemoryBytes: 4_000 });
+    const accepted = await b.smtpd.accept(Array.from({ length: 20 }, (_, i) => `accepted${i}@example.test`));
+    expect(b.backend.localEnvelopes.envelopes).toBe(40);
+    expect(b.backend.localEnvelopes.spilled).toBeGreaterThan(20);
+    expect(readdirSync(b.tmp).filter((name) => name.startsWith('queue-rest-envelopes-'))).toEqual([]);
+
+    b.store.fail();
+    for (const e of seeded.envelopes) expect(await b.smtpd.envelopeLoad(e.evpid)).toEqual(e.data);
+    for (const [i, evpid] of accepted.evpids.entries()) expect(await b.smtpd.envelopeLoad(evpid)).toEqual(envelope(`accepted${i}@example.test`));
+    // spilled envelopes change size and go, and their slots are used again
+    for (const [i, e] of seeded.envelopes.entries()) {
+      const longer = envelope(`walked${i}@example.test`, `errorline: ${'x'.repeat(300 + i * 10)}\n`);
+      expect(await b.smtpd.envelopeUpdate(e.evpid, longer)).toBe(1);
+      expect(await b.smtpd.envelopeLoad(e.evpid)).toEqual(longer);
+    }
+    for (const evpid of accepted.evpids.slice(0, 10)) expect(await b.smtpd.envelopeDelete(evpid)).toBe(1);
+    for (const [i, evpid] of accepted.evpids.slice(10).entries()) {
+      expect(await b.smtpd.envelopeLoad(evpid)).toEqual(envelope(`accepted${i + 10}@example.test`));
+    }
+    expect(b.backend.localEnvelopes.envelopes).toBe(30);
+  });
+});
