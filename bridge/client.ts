@@ -48,7 +48,16 @@ export interface ClientOptions {
   limits?: Limits;
   /** Told about every HTTP attempt (for counters). */
   observe?: (fn: FunctionName, ms: number, status: number | 'error') => void;
+  /**
+   * Once a call has spent its budget on a service that does not answer,
+   * later calls fail at once, but for one attempt a second that probes the
+   * service, until it answers again. The bridge sets this: during an outage
+   * smtpd's calls must not each hold its queue for a whole budget.
+   */
+  failFast?: boolean;
 }
+
+const PROBE_MS = 1000;
 
 const PART_BYTES = 8 * CHUNK_BYTES;
 const TAKEOVER_TIMEOUT_MS = 60_000;
@@ -77,6 +86,8 @@ export class HttpQueueStore implements QueueStore {
   private readonly timeoutMs: number;
   private readonly budgetMs: number;
   private readonly inlineMax: number;
+  /** Set while the service is out of reach (failFast only). */
+  private outage?: { since: Date; nextProbe: number };
 
   constructor(private readonly options: ClientOptions) {
     this.limits = options.limits ?? DEFAULT_LIMITS;
@@ -235,7 +246,15 @@ export class HttpQueueStore implements QueueStore {
 
   /** One API call: attempts until an answer that is not worth retrying, or the budget is spent. */
   private async call(fn: FunctionName, call: Call, accept: number[] = []): Promise<Answer> {
-    const deadline = Date.now() + this.budgetMs;
+    let deadline = Date.now() + this.budgetMs;
+    if (this.outage) {
+      if (Date.now() < this.outage.nextProbe) {
+        throw new QueueError('unavailable', `${fn} not sent: the service has not answered since ${this.outage.since.toISOString()}`, { outage: true });
+      }
+      // this call probes the service: one attempt, no retry
+      this.outage.nextProbe = Date.now() + PROBE_MS;
+      deadline = 0;
+    }
     for (let attempt = 1; ; attempt++) {
       let answer: Answer | undefined;
       let failure: unknown;
@@ -246,10 +265,14 @@ export class HttpQueueStore implements QueueStore {
         failure = err;
       }
       this.options.observe?.(fn, performance.now() - started, answer?.status ?? 'error');
-      if (answer && (answer.status < 300 || accept.includes(answer.status))) return answer;
       const retryable = !answer || RETRY_STATUS.has(answer.status);
+      if (!retryable) this.outage = undefined;
+      if (answer && (answer.status < 300 || accept.includes(answer.status))) return answer;
       const pause = Math.min(50 * 2 ** (attempt - 1), 2000) * (0.5 + Math.random() / 2);
-      if (!retryable || Date.now() + pause >= deadline) throw answer ? errorOf(fn, answer) : unreachable(fn, failure);
+      if (!retryable || Date.now() + pause >= deadline) {
+        if (retryable && this.options.failFast) this.outage ??= { since: new Date(), nextProbe: Date.now() + PROBE_MS };
+        throw answer ? errorOf(fn, answer) : unreachable(fn, failure);
+      }
       await sleep(pause);
     }
   }

@@ -81,6 +81,7 @@ async function main(): Promise<void> {
       timeoutMs: config.timeoutMs,
       budgetMs: config.retryBudgetMs,
       inlineMax: config.inlineMax,
+      failFast: true,
       observe: (fn, ms, status) => counters.http.record(fn, ms, typeof status === 'number' && status < 500),
     });
     backend = bridge = new Backend({
