@@ -101,6 +101,19 @@ test('mail to 1 and to 25 local recipients is delivered byte-identical through t
   expect(stats.http.envelopeCreate).toBeUndefined();
 });
 
+test('every size from 3 MB to 5 MB, across the inline limit of 4 MiB, is delivered byte-identical', async () => {
+  const smtpd = await ready(await restSmtpd({ relayPort: await freePort() }));
+  const sizes = [3_000_000, 3_250_000, 3_500_000, 3_750_000, 4 * 1024 * 1024 - 1, 4 * 1024 * 1024 + 1, 4_250_000, 4_500_000, 4_750_000, 5_000_000];
+  for (const [i, size] of sizes.entries()) {
+    const body = testBody(size, `size ${size}`);
+    const sent = await sendMail({ port: smtpd.port, from: 'sender@example.test', to: [`size${i}@example.test`], body });
+    expect(sent.accepted).toEqual([`size${i}@example.test`]);
+    const [message] = await deliveredTo(smtpd, `size${i}`);
+    expectSameBytes(bodyOf(message), body, `a body of ${size} bytes`);
+  }
+  await queueEmpty(smtpd);
+});
+
 test('a 30 MiB message goes through', async () => {
   const smtpd = await ready(await restSmtpd({ relayPort: await freePort() }));
   const body = testBody(30 * 1024 * 1024, 'big');

@@ -1,0 +1,412 @@
+import { chmodSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { installBridge, uninstallBridge } from '../../bin/install-bridge';
+import { startEmulator, type Emulator } from '../../dev/emulator';
+import { freePort, readMaildir, sendMail, SmtpError, startSink, stopAllSinks, waitFor, type Sink } from '../../dev/mail';
+import { smtpdPids, startSmtpd, stopAllSmtpd, testUser, type Smtpd } from '../../dev/smtpd';
+import { DatastoreQueueStore } from '../../lib/store-datastore';
+import { DEFAULT_LIMITS } from '../../lib/store';
+import { startFaultFront, type FrontFault } from '../support/fault-front';
+import { TEST_TOKEN, startService } from '../support/service';
+import { uniqueNamespace } from '../support/stores';
+
+/**
+ * The fault matrix: each of smtpd's queue calls, each fault a service or a
+ * network can have, with real smtpd, the installed bridge and the functions.
+ * A fault starts with the first request of the call it targets and lasts
+ * longer than the bridge's timeout and retry budget, so the bridge must give
+ * smtpd an answer while the service still misbehaves. Each cell asserts,
+ * with smtpd never restarted (except where the fault kills its bridge):
+ * smtpd stayed up, every message answered 250 arrived exactly once after the
+ * fault healed, every other one got a 4xx and never arrived, and smtpd's
+ * queue and the service agree (both empty) at the end.
+ */
+jest.setTimeout(240_000);
+
+const BACKEND = 'resttest';
+const TIMEOUT_MS = 1000;
+const BUDGET_MS = 2000;
+const FAULT_MS = 4000;
+const MESSAGES = 3;
+
+type Call = 'COMMIT' | 'COMMIT_PARTS' | 'LOAD' | 'UPDATE' | 'DELETE' | 'FD_R' | 'WALK' | 'BOUNCE';
+type Fault = FrontFault | 'storage-hang' | 'emulator-restart' | 'bridge-kill';
+
+/** The function each smtpd call reaches the service with. */
+const FUNCTION: Record<Call, string> = {
+  COMMIT: 'messageCommit',
+  COMMIT_PARTS: 'messageWrite',
+  LOAD: 'envelopeLoad',
+  UPDATE: 'envelopeUpdate',
+  DELETE: 'envelopeDelete',
+  FD_R: 'messageFd',
+  WALK: 'envelopeWalk',
+  BOUNCE: 'envelopeCreate',
+};
+
+const CALLS = Object.keys(FUNCTION) as Call[];
+const FAULTS: Fault[] = ['pause', 'kill', 'reset', 'status500', 'status503', 'storage-hang', 'emulator-restart', 'bridge-kill'];
+
+interface Outcome {
+  call: Call;
+  fault: Fault;
+  /** Envelopes: a recipient of a message, or for BOUNCE the bounce of a message. */
+  sent: number;
+  accepted: number;
+  refused: number;
+  /** Connection lost before smtpd answered the end of DATA (only when the bridge is killed). */
+  unanswered: number;
+  delivered: number;
+  duplicates: number;
+  stranded: number;
+  /** Refused with a 4xx, yet delivered: a rollback that came back. */
+  resurrected: number;
+  smtpdStayedUp: boolean;
+  queuesAgree: boolean;
+  /** From the end of the fault to the last delivery. */
+  recoveryMs: number;
+}
+
+const outcomes: Outcome[] = [];
+let logDir: string;
+
+beforeAll(() => {
+  testUser();
+  installBridge({ name: BACKEND });
+  logDir = mkdtempSync(path.join(tmpdir(), 'queue-faults-'));
+  chmodSync(logDir, 0o755);
+});
+
+afterEach(async () => {
+  await stopAllSinks();
+  await stopAllSmtpd();
+});
+
+afterAll(() => {
+  uninstallBridge(BACKEND);
+  if (outcomes.length === 0) return;
+  const table = matrixTable(outcomes);
+  // eslint-disable-next-line no-console
+  console.log(`fault matrix (sent/delivered/duplicates/stranded):\n${table}`);
+  writeFileSync(path.join(logDir, 'matrix.json'), JSON.stringify(outcomes, null, 2));
+  if (process.env.FAULT_MATRIX_DOC) writeFileSync(process.env.FAULT_MATRIX_DOC, table + '\n');
+});
+
+/** The queue service a row of the matrix runs on; the emulator-restart row needs the legacy emulator, which keeps its data on disk. */
+async function serviceFor(fault: Fault) {
+  let emulator: Emulator | undefined;
+  let dataDir: string | undefined;
+  let store: DatastoreQueueStore | undefined;
+  if (fault === 'emulator-restart') {
+    dataDir = mkdtempSync(path.join(tmpdir(), 'queue-emulator-'));
+    emulator = await startEmulator({ kind: 'datastore', dataDir });
+    store = new DatastoreQueueStore({ apiEndpoint: emulator.host, projectId: 'queue-test', namespace: uniqueNamespace('faults'), limits: DEFAULT_LIMITS, timeoutMs: 2_000 });
+  }
+  const service = await startService({ store, namespace: uniqueNamespace('faults') });
+  const front = await startFaultFront(service.port);
+  return {
+    service,
+    front,
+    async restartEmulator(): Promise<void> {
+      const port = Number(emulator!.host.split(':')[1]);
+      await emulator!.stop();
+      emulator = await startEmulator({ kind: 'datastore', dataDir, port });
+    },
+    async stop() {
+      await front.stop();
+      await service.stop();
+      await emulator?.stop();
+    },
+  };
+}
+
+function restSmtpd(name: string, url: string, relayPort: number, extra: Record<string, string> = {}): Promise<Smtpd> {
+  return startSmtpd({
+    queue: `${BACKEND}:${url}`,
+    relayPort,
+    keepSpool: true,
+    trace: true,
+    env: {
+      QUEUE_TOKEN: TEST_TOKEN,
+      QUEUE_REST_INSTANCE: name,
+      QUEUE_REST_LOG: path.join(logDir, `${name}.log`),
+      QUEUE_REST_TIMEOUT: String(TIMEOUT_MS),
+      QUEUE_REST_RETRY_BUDGET: String(BUDGET_MS),
+      METADATA_SERVER_DETECTION: 'none',
+      ...extra,
+    },
+  });
+}
+
+async function ready(smtpd: Smtpd): Promise<Smtpd> {
+  await smtpd.waitForOutput(/queue_envelope_walk\(\) -> -1/, 60_000);
+  return smtpd;
+}
+
+const FATAL = /queue-proc: (bad response|pipe closed|exiting)|Connection reset by peer/;
+
+/** The pid of the bridge the running smtpd started. */
+function bridgePid(): number | undefined {
+  for (const name of readdirSync('/proc')) {
+    if (!/^\d+$/.test(name)) continue;
+    try {
+      if (readFileSync(`/proc/${name}/cmdline`, 'utf8').includes(`/queue-${BACKEND}/queue-rest.js`)) return Number(name);
+    } catch {
+      // gone
+    }
+  }
+  return undefined;
+}
+
+async function runCell(call: Call, fault: Fault): Promise<Outcome> {
+  const row = await serviceFor(fault);
+  const { front, service } = row;
+  const name = `mx-${call.toLowerCase().replace('_', '-')}-${fault}`;
+  const tag = `${call}/${fault}`;
+  const relayPort = await freePort();
+  const bodySize = call === 'COMMIT_PARTS' ? 300_000 : 2_000;
+  const extra: Record<string, string> = call === 'COMMIT_PARTS' ? { QUEUE_REST_INLINE_MAX: '65536' } : {};
+  let smtpd: Smtpd | undefined;
+  let sink: Sink | undefined;
+  let armed: Armed | undefined;
+  try {
+    const fn = FUNCTION[call];
+    const arm = () => {
+      armed = armFault(fault, fn, row);
+    };
+    const start = async () => {
+      smtpd = await ready(await restSmtpd(name, front.url, relayPort, extra));
+      return smtpd;
+    };
+    const restart = async () => {
+      await smtpd!.stop();
+      return start();
+    };
+
+    // what each call needs smtpd to do, with the fault armed just before it
+    const rejectBounces = (rcpt: string) => rcpt.startsWith('bounce');
+    const subjects = Array.from({ length: MESSAGES }, (_, i) => `${tag} ${i}`);
+    // LOAD: more envelopes than smtpd's envelope cache holds (1,024), or smtpd never loads one
+    const perMessage = call === 'LOAD' ? 370 : 1;
+    const recipients = (i: number) => Array.from({ length: perMessage }, (_, j) => (call === 'BOUNCE' ? `bounce${i}@relay.test` : `m${i}r${j}@relay.test`));
+    const relayUpFirst = ['COMMIT', 'COMMIT_PARTS', 'DELETE', 'BOUNCE'].includes(call);
+    if (relayUpFirst) sink = await startSink({ port: relayPort, rejectRecipient: call === 'BOUNCE' ? rejectBounces : undefined });
+    await start();
+    if (['COMMIT', 'COMMIT_PARTS', 'DELETE', 'BOUNCE', 'UPDATE'].includes(call)) arm();
+    const answers = await sendAll(smtpd!, subjects, recipients, bodySize);
+    if (call === 'UPDATE') await waitForTrace(smtpd!, /queue_envelope_update\([0-9a-f]{16}\) -> \d/, MESSAGES);
+    if (['LOAD', 'FD_R'].includes(call)) {
+      await waitForTrace(smtpd!, /queue_envelope_update\([0-9a-f]{16}\) -> 1/, MESSAGES * perMessage);
+      await restart();
+      arm();
+      sink = await startSink({ port: relayPort });
+      await smtpd!.smtpctl('schedule', 'all');
+    }
+    if (call === 'WALK') {
+      await waitForTrace(smtpd!, /queue_envelope_update\([0-9a-f]{16}\) -> 1/, MESSAGES * perMessage);
+      await smtpd!.stop();
+      arm();
+      await start();
+      sink = await startSink({ port: relayPort });
+    }
+    if (call === 'UPDATE') sink = await startSink({ port: relayPort });
+
+    // the fault runs its course: the bridge answered smtpd in time, whatever the service did
+    await waitFor(`${tag}: the fault to hit`, () => (armed!.hit() ? true : undefined), 60_000, () => smtpd?.output().slice(-3000) ?? '');
+    await armed!.healed;
+    const healedAt = Date.now();
+    let smtpdStayedUp = smtpdPids().length > 0 && !FATAL.test(smtpd!.output());
+    if (!smtpdStayedUp && fault === 'bridge-kill') {
+      // smtpd exits with its queue backend (upstream: it never restarts one); what matters is what the restart finds
+      await smtpd!.stop();
+      await start();
+      smtpdStayedUp = true;
+    }
+
+    // one delivery per envelope: a recipient of a message, or the bounce of a message to its sender
+    const keys = (answer: Answer['answer']) =>
+      answers.filter((a) => a.answer === answer).flatMap((a) => (call === 'BOUNCE' ? [a.subject] : a.recipients.map((r) => `${a.subject}|${r}`)));
+    const accepted = keys('accepted');
+    const refused = keys('refused');
+    const unanswered = keys('unanswered');
+    const arrivals = () => (call === 'BOUNCE' ? bounceArrivals(smtpd!, subjects) : sinkArrivals(sink!, subjects));
+    const deadline = Date.now() + 60_000;
+    let lastArrival = healedAt;
+    let seen = 0;
+    while (Date.now() < deadline) {
+      const counts = arrivals();
+      const total = [...counts.values()].reduce((a, b) => a + b, 0);
+      if (total > seen) {
+        seen = total;
+        lastArrival = Date.now();
+      }
+      if (accepted.every((k) => counts.has(k)) && (await queueEmpty(smtpd!)) && (await storeEmpty(service.store, name))) break;
+      await smtpd!.smtpctl('schedule', 'all').catch(() => undefined);
+      await sleep(500);
+    }
+    await sleep(2_000); // anything late would arrive now
+    const counts = arrivals();
+    smtpdStayedUp &&= smtpdPids().length > 0 && !FATAL.test(smtpd!.output());
+    const outcome: Outcome = {
+      call,
+      fault,
+      sent: accepted.length + refused.length + unanswered.length,
+      accepted: accepted.length,
+      refused: refused.length,
+      unanswered: unanswered.length,
+      delivered: accepted.filter((k) => counts.has(k)).length,
+      duplicates: [...counts.values()].reduce((sum, n) => sum + Math.max(0, n - 1), 0),
+      stranded: accepted.filter((k) => !counts.has(k)).length,
+      resurrected: refused.filter((k) => counts.has(k)).length,
+      smtpdStayedUp,
+      queuesAgree: (await queueEmpty(smtpd!)) && (await storeEmpty(service.store, name)),
+      recoveryMs: Math.max(0, lastArrival - healedAt),
+    };
+    outcomes.push(outcome);
+    return outcome;
+  } finally {
+    armed?.release();
+    await stopAllSinks();
+    await stopAllSmtpd();
+    await row.stop();
+  }
+}
+
+interface Armed {
+  hit(): boolean;
+  /** Resolves when the fault has run its course. */
+  healed: Promise<void>;
+  release(): void;
+}
+
+/** The store method behind each function. */
+const STORE_METHOD: Record<string, string> = { messageFd: 'messageRead' };
+
+/** Arms `fault` to start with the first request of `fn` and to last FAULT_MS (a kill or a restart lasts as long as it takes). */
+function armFault(fault: Fault, fn: string, row: Awaited<ReturnType<typeof serviceFor>>): Armed {
+  const { front, service } = row;
+  if (fault !== 'storage-hang' && fault !== 'emulator-restart' && fault !== 'bridge-kill') {
+    front.arm(fn, fault, FAULT_MS);
+    return { hit: () => front.hit(), healed: front.healed(), release: () => undefined };
+  }
+  let fired = false;
+  let heal!: () => void;
+  const healed = new Promise<void>((resolve) => (heal = resolve));
+  if (fault === 'storage-hang') {
+    // storage calls of fn hang, and complete late, when the fault ends
+    const store = service.store as unknown as Record<string, (...args: unknown[]) => Promise<unknown>>;
+    const method = STORE_METHOD[fn] ?? fn;
+    const original = store[method];
+    const held: (() => void)[] = [];
+    const release = () => {
+      store[method] = original;
+      for (const go of held.splice(0)) go();
+      heal();
+    };
+    store[method] = async function (this: unknown, ...args: unknown[]) {
+      if (!fired) {
+        fired = true;
+        setTimeout(release, FAULT_MS);
+      }
+      await new Promise<void>((resolve) => held.push(resolve));
+      return original.apply(this, args);
+    };
+    return { hit: () => fired, healed, release };
+  }
+  front.onRequest = (seen) => {
+    if (seen !== fn || fired) return;
+    fired = true;
+    if (fault === 'bridge-kill') {
+      const pid = bridgePid();
+      if (pid) process.kill(pid, 'SIGKILL');
+      heal();
+    } else {
+      void row.restartEmulator().then(heal, heal);
+    }
+  };
+  return { hit: () => fired, healed, release: heal };
+}
+
+interface Answer {
+  subject: string;
+  recipients: string[];
+  answer: 'accepted' | 'refused' | 'unanswered';
+}
+
+async function sendAll(smtpd: Smtpd, subjects: string[], recipients: (i: number) => string[], bodySize: number): Promise<Answer[]> {
+  const answers: Answer[] = [];
+  for (const [i, subject] of subjects.entries()) {
+    const body = `${subject}\n${'x'.repeat(76)}\n`.repeat(Math.ceil(bodySize / 80));
+    const to = recipients(i);
+    try {
+      await sendMail({ port: smtpd.port, from: 'sender@example.test', to, subject, body });
+      answers.push({ subject, recipients: to, answer: 'accepted' });
+    } catch (err) {
+      const code = err instanceof SmtpError ? err.responseCode : undefined;
+      answers.push({ subject, recipients: to, answer: code !== undefined && code >= 400 && code < 500 ? 'refused' : 'unanswered' });
+    }
+  }
+  return answers;
+}
+
+async function waitForTrace(smtpd: Smtpd, re: RegExp, count: number): Promise<void> {
+  const global = new RegExp(re.source, 'g');
+  await waitFor(`${count} × ${re}`, () => ((smtpd.output().match(global)?.length ?? 0) >= count ? true : undefined), 60_000, () => smtpd.output().slice(-3000));
+}
+
+/** Arrivals at the sink by subject and recipient. */
+function sinkArrivals(sink: Sink, subjects: string[]): Map<string, number> {
+  const counts = new Map<string, number>();
+  for (const m of sink.messages) {
+    const subject = /^Subject: (.*)$/m.exec(m.data.toString())?.[1].trim();
+    if (!subject || !subjects.includes(subject)) continue;
+    for (const rcpt of m.to) counts.set(`${subject}|${rcpt}`, (counts.get(`${subject}|${rcpt}`) ?? 0) + 1);
+  }
+  return counts;
+}
+
+/** Bounces land in the sender's maildir, quoting the subject of the message they report. */
+function bounceArrivals(smtpd: Smtpd, subjects: string[]): Map<string, number> {
+  const counts = new Map<string, number>();
+  for (const m of readMaildir(smtpd.maildir('sender'))) {
+    const text = m.toString();
+    const subject = subjects.find((s) => text.includes(`Subject: ${s}\n`) || text.includes(`Subject: ${s}\r\n`));
+    if (subject) counts.set(subject, (counts.get(subject) ?? 0) + 1);
+  }
+  return counts;
+}
+
+/** smtpd's own view of its queue. */
+async function queueEmpty(smtpd: Smtpd): Promise<boolean> {
+  return (await smtpd.smtpctl('show', 'queue')).trim() === '';
+}
+
+async function storeEmpty(store: { envelopeWalk: DatastoreQueueStore['envelopeWalk'] }, owner: string): Promise<boolean> {
+  const page = await store.envelopeWalk({ owner, limit: 1 });
+  return page.items.length === 0;
+}
+
+function matrixTable(rows: Outcome[]): string {
+  const faults = [...new Set(rows.map((r) => r.fault))];
+  const calls = [...new Set(rows.map((r) => r.call))];
+  const cell = (call: Call, fault: Fault) => {
+    const o = rows.find((r) => r.call === call && r.fault === fault);
+    if (!o) return '';
+    const bad = o.duplicates + o.stranded + o.resurrected > 0 || !o.smtpdStayedUp || !o.queuesAgree;
+    return `${o.sent}/${o.delivered}/${o.duplicates}/${o.stranded}${o.refused ? ` (${o.refused}×4xx)` : ''}${o.unanswered ? ` (${o.unanswered} cut)` : ''}${bad ? ' FAIL' : ''} ${(o.recoveryMs / 1000).toFixed(1)}s`;
+  };
+  return [
+    `| call \\ fault | ${faults.join(' | ')} |`,
+    `|---|${faults.map(() => '---').join('|')}|`,
+    ...calls.map((call) => `| ${call} | ${faults.map((f) => cell(call, f)).join(' | ')} |`),
+  ].join('\n');
+}
+
+describe.each(FAULTS)('fault: %s', (fault) => {
+  test.each(CALLS)(`%s: smtpd stays up, accepted mail arrives exactly once, refused mail never, and the queues agree`, async (call) => {
+    const o = await runCell(call, fault);
+    expect(o).toMatchObject({ duplicates: 0, stranded: 0, resurrected: 0, smtpdStayedUp: true, queuesAgree: true });
+  });
+});
