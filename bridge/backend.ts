@@ -6,9 +6,11 @@ import type { Logger } from '../lib/log';
 import { sha256hex } from '../lib/rules';
 import { CREATE_BATCH_MAX, type Envelope, type QueueStore } from '../lib/store';
 import { BodyFiles, readAllAndClose } from './bodyfile';
+import type { SmtpdDiscover } from './discover';
 import { EnvelopeCopy } from './envelope-copy';
 import { Lease } from './lease';
 import { ENVELOPE_BUFFER, PROC_QUEUE_API_VERSION, type QueueBackend } from './protocol';
+import { Reconciler } from './reconcile';
 import { WriteBehind } from './write-behind';
 
 export interface BackendOptions {
@@ -36,6 +38,8 @@ export interface BackendOptions {
   envelopeMemoryBytes?: number;
   /** Pause before a background write is tried again; it grows with each attempt (default: 2 s). */
   writeRetryMs?: number;
+  /** Hands mail this instance comes to own to its running smtpd (bridge/reconcile.ts); none: mail is handed over at the next start only. */
+  discoverer?: SmtpdDiscover;
 }
 
 const RESERVE_LOW = 4;
@@ -90,6 +94,9 @@ export class Backend implements QueueBackend {
   private readonly updating = new Set<Evpid>();
   /** Envelopes smtpd deleted whose delete has not landed yet. */
   private readonly deleting = new Set<Evpid>();
+  /** Envelopes smtpd has through this bridge: it must never be handed one of them again. */
+  private readonly smtpdHas = new Set<Evpid>();
+  private readonly reconciler?: Reconciler;
   private closed = false;
 
   constructor(options: BackendOptions) {
@@ -107,8 +114,30 @@ export class Backend implements QueueBackend {
     this.bodies = new LRUCache({ maxSize: Math.max(max, 1), sizeCalculation: (body) => Math.max(body.length, 1), maxEntrySize: Math.max(max / 4, 1) });
     // bodies kept while the lease was sure may belong to another instance by the time it is sure again
     this.lease = new Lease(this.store, this.owner, options.leaseMs ?? 60_000, this.log, () => this.bodies.clear());
-    this.walk = new StartupWalk(() => this.lease.markWalkDone());
     this.copy = new EnvelopeCopy(options.envelopeMemoryBytes ?? 32 * 1024 * 1024, options.tmpDir, this.log);
+    if (options.discoverer) {
+      this.reconciler = new Reconciler({
+        store: this.store,
+        owner: this.owner,
+        log: this.log,
+        discoverer: options.discoverer,
+        smtpdHas: (evpid) => this.smtpdHas.has(evpid) || this.deleting.has(evpid),
+        handedOver: (evpid, data) => {
+          this.smtpdHas.add(evpid);
+          this.copy.set(evpid, data);
+        },
+      });
+    }
+    this.walk = new StartupWalk(() => {
+      this.lease.markWalkDone();
+      // what became this instance's while the walk ran, after its snapshot
+      this.reconciler?.start();
+    });
+  }
+
+  /** Asks for a round of handing smtpd the mail it does not know (after a takeover). */
+  reconcile(): void {
+    this.reconciler?.request();
   }
 
   async init(version: number): Promise<void> {
@@ -166,6 +195,7 @@ export class Backend implements QueueBackend {
     const deadline = this.deadline();
     // the lease is left to run out rather than released: a restart keeps its mail
     this.lease.stop();
+    this.reconciler?.stop();
     const left = await this.later.drain(Math.min(this.drainMs, deadline - Date.now()));
     if (left > 0) this.log.warn({ left }, `${left} background writes were not done; their mail may be delivered again after a restart`);
     if (this.reserved.splice(0).length > 0 && Date.now() < deadline) {
@@ -190,9 +220,13 @@ export class Backend implements QueueBackend {
 
   async messageDelete(msgid: Msgid): Promise<boolean> {
     const deadline = this.deadline();
+    for (const evpid of this.incoming.get(msgid)?.keys() ?? []) this.smtpdHas.delete(evpid);
     this.incoming.delete(msgid);
     this.bodies.delete(msgid);
-    for (const evpid of this.copy.deleteMessage(msgid)) this.unsent.delete(evpid);
+    for (const evpid of this.copy.deleteMessage(msgid)) {
+      this.unsent.delete(evpid);
+      this.smtpdHas.delete(evpid);
+    }
     // smtpd gave up on this message, and a rollback left undone would leave it in the queue: one that
     // does not land now is retried in the background, after any commit of the message still under way
     const outcome = await this.writeNowOrBehind(msgid, `rollback of ${msgid}`, () => this.store.messageDelete(msgid, { owner: this.owner }), deadline);
@@ -228,6 +262,7 @@ export class Backend implements QueueBackend {
       let evpid = randomEvpid(msgid);
       while (held.has(evpid)) evpid = randomEvpid(msgid);
       held.set(evpid, Buffer.from(data));
+      this.smtpdHas.add(evpid);
       return evpid;
     }
     return this.createBounce(msgid, data);
@@ -252,6 +287,7 @@ export class Backend implements QueueBackend {
     for (let attempt = 1; ; attempt++) {
       const evpid = this.newEvpid(msgid);
       this.walk.exclude(evpid);
+      this.smtpdHas.add(evpid);
       if (known && this.later.busy(msgid)) {
         if (!this.createBehind(evpid, data)) throw new Error(`bounce ${evpid} not created: the local copy cannot keep it`);
         return evpid;
@@ -295,6 +331,7 @@ export class Backend implements QueueBackend {
   async envelopeDelete(evpid: Evpid): Promise<boolean> {
     const msgid = msgidOf(evpid);
     const held = this.incoming.get(msgid);
+    this.smtpdHas.delete(evpid);
     if (held) return held.delete(evpid);
     const deadline = this.deadline();
     this.forget(evpid);
@@ -342,10 +379,13 @@ export class Backend implements QueueBackend {
     try {
       const data = await this.bounded(this.store.envelopeLoad(evpid, { owner: this.owner }), this.deadline(), `load of ${evpid}`);
       this.copy.set(evpid, data);
+      // smtpd asks for what it has: from a walk, or a discover made by someone else
+      this.smtpdHas.add(evpid);
       return data;
     } catch (err) {
       if (isGone(err)) {
         this.forget(evpid);
+        this.smtpdHas.delete(evpid);
         this.log.info({ err, evpid }, `envelope ${evpid} is gone or no longer this instance's: smtpd drops it`);
         return NO_ENVELOPE;
       }
@@ -424,7 +464,10 @@ export class Backend implements QueueBackend {
 
   async envelopeWalk(): Promise<{ evpid: Evpid; data: Buffer } | 'again' | 'done'> {
     const next = await this.walk.next();
-    if (typeof next === 'object') this.copy.set(next.evpid, next.data);
+    if (typeof next === 'object') {
+      this.copy.set(next.evpid, next.data);
+      this.smtpdHas.add(next.evpid);
+    }
     return next;
   }
 

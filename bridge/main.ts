@@ -5,6 +5,7 @@ import { createLogger } from '../lib/log';
 import { admin, ADMIN_COMMANDS } from './admin';
 import { Backend } from './backend';
 import { closeQuietly, SmtpdChannel } from './channel';
+import { Discoverer } from './discover';
 import { HttpQueueStore } from './client';
 import { BridgeConfigError, loadBridgeConfig, type BridgeConfig } from './config';
 import { defaultLogTarget, lastWords, openBridgeLog, type BridgeLog } from './logging';
@@ -61,9 +62,12 @@ async function main(): Promise<void> {
   let bridge: Backend | undefined;
   let client: HttpQueueStore | undefined;
   let statsFd: number | undefined;
+  let discoverer: Discoverer | undefined;
   try {
     if (!config || !user) throw new BridgeConfigError(problem ?? 'misconfigured');
     const idToken = config.auth === 'iam' ? await idTokens() : undefined;
+    // the one thing the bridge does as root later, in a helper started now (bridge/discover.ts)
+    discoverer = new Discoverer(log);
     if (config.statsFile) {
       try {
         statsFd = openOwnedFile(config.statsFile, user, { mode: 0o644, append: false });
@@ -95,6 +99,7 @@ async function main(): Promise<void> {
       retryBudgetMs: config.retryBudgetMs,
       drainMs: config.retryBudgetMs,
       leaseMs: config.leaseMs,
+      discoverer,
     });
     log.info({ url: config.url, auth: config.auth, imsg: config.imsg }, `queue-rest ${config.instance} serving smtpd with ${config.url}`);
   } catch (err) {
@@ -137,6 +142,7 @@ async function main(): Promise<void> {
   });
   await channel.run();
   await bridge?.close();
+  discoverer?.close();
   clearInterval(timer);
   writeStats();
   log.info({ stats: statsSnapshot(config, bridge) }, 'smtpd closed the queue socket: exiting');

@@ -4,6 +4,7 @@ import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { DestinationStream } from 'pino';
 import { Backend, type BackendOptions } from '../../bridge/backend';
+import type { Discovered } from '../../bridge/discover';
 import { dispatch, failureReply, PROC, type Reply } from '../../bridge/protocol';
 import { QueueError } from '../../lib/errors';
 import { evpidFromHex, evpidToHex, msgidFromHex, msgidToHex, randomEvpid, randomMsgid, type Evpid, type Msgid } from '../../lib/ids';
@@ -533,3 +534,86 @@ describe('the local copy of envelopes', () => {
     expect(b.backend.localEnvelopes.envelopes).toBe(30);
   });
 });
+
+describe('reconcile: nothing this instance owns stays unknown to its smtpd', () => {
+  /** A stand-in for the root helper that runs `smtpctl discover`: it records what it is asked, and answers as told. */
+  function discoverer(answer: (evpid: Evpid) => Discovered = () => 'ok') {
+    const asked: Evpid[] = [];
+    return { asked, discover: async (evpid: Evpid) => (asked.push(evpid), answer(evpid)) };
+  }
+
+  /** Messages of a dead instance, claimed for OWNER behind smtpd's back (as `queue-rest takeover` does). */
+  async function claimedBehindItsBack(inner: MemoryQueueStore, count: number): Promise<Evpid[]> {
+    const evpids: Evpid[] = [];
+    for (let i = 0; i < count; i++) {
+      const msgid = randomMsgid();
+      const e = { evpid: randomEvpid(msgid), data: envelope(`orphan${i}@example.test`) };
+      await inner.messageCommit({ msgid, owner: 'dead', size: BODY.length, sha256: sha256hex(BODY), body: BODY, envelopes: [e] });
+      evpids.push(e.evpid);
+    }
+    await inner.instanceHeartbeat('dead', 1);
+    await sleep(5);
+    const { claimed } = await inner.queueTakeover(OWNER);
+    expect(claimed.flatMap((c) => c.evpids).sort()).toEqual([...evpids].sort());
+    return evpids;
+  }
+
+  test('hands smtpd each envelope claimed for this instance after its walk, once, and none it has already', async () => {
+    const inner = new MemoryQueueStore();
+    const walked = await seed(inner, ['walked@example.test']);
+    const fake = discoverer();
+    const b = await running(inner, { discoverer: fake });
+    const accepted = await b.smtpd.accept(['live@example.test']);
+    const orphans = await claimedBehindItsBack(inner, 3);
+    b.backend.reconcile();
+    await waitFor(() => fake.asked.length >= 3);
+    b.backend.reconcile();
+    await sleep(50);
+    expect([...fake.asked].sort()).toEqual([...orphans].sort());
+    expect(fake.asked).not.toContain(walked.envelopes[0].evpid);
+    expect(fake.asked).not.toContain(accepted.evpids[0]);
+    // smtpd then loads them: from the service, or the copy when it is down
+    b.store.fail();
+    for (const evpid of orphans) expect(await b.smtpd.envelopeLoad(evpid)).toEqual(envelope(`orphan${orphans.indexOf(evpid)}@example.test`));
+  });
+
+  test('tries again an envelope smtpctl could not discover, but never one that may have reached smtpd', async () => {
+    const inner = new MemoryQueueStore();
+    let failing = true;
+    const fake = discoverer((evpid) => (evpid === unknownOne ? 'unknown' : failing ? 'fail' : 'ok'));
+    let unknownOne: Evpid | undefined;
+    const b = await running(inner, { discoverer: fake });
+    const orphans = await claimedBehindItsBack(inner, 2);
+    unknownOne = orphans[0];
+    b.backend.reconcile();
+    await waitFor(() => fake.asked.length >= 2);
+    failing = false;
+    b.backend.reconcile();
+    await waitFor(() => fake.asked.length >= 3);
+    await sleep(50);
+    expect(fake.asked.filter((e) => e === orphans[1])).toHaveLength(2);
+    expect(fake.asked.filter((e) => e === orphans[0])).toHaveLength(1);
+  });
+
+  test('waits for the walk: claims made while smtpd loads its queue are handed over once the walk is done', async () => {
+    const inner = new MemoryQueueStore();
+    const fake = discoverer();
+    const b = bridge(inner, { discoverer: fake });
+    await b.smtpd.init();
+    const orphans = await claimedBehindItsBack(inner, 2);
+    b.backend.reconcile();
+    await sleep(50);
+    const walked = await b.smtpd.walkAll();
+    await waitFor(() => fake.asked.length + walked.length >= 2);
+    await sleep(50);
+    expect([...fake.asked, ...walked.map((e) => e.evpid)].sort()).toEqual([...orphans].sort());
+  });
+});
+
+async function waitFor(done: () => boolean, ms = 2_000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!done()) {
+    if (Date.now() > deadline) throw new Error('timed out');
+    await sleep(10);
+  }
+}

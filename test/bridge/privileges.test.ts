@@ -3,6 +3,7 @@ import { chmodSync, mkdtempSync, readFileSync, statSync, symlinkSync, writeFileS
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { waitFor } from '../../dev/mail';
+import { DISCOVER_SCRIPT } from '../../bridge/discover';
 import { PROC } from '../../bridge/protocol';
 import { TEST_TOKEN, startService } from '../support/service';
 import { SmtpdPeer, r, u32 } from '../support/smtpd-peer';
@@ -119,4 +120,11 @@ test('without a usable configuration it tells syslog why, since a daemonized smt
   await syslogSays(/"severity":"CRITICAL".*queue-rest cannot work: no service given: run smtpd with -B queue=rest:URL/);
   expect(syslog.lines().find((l) => l.includes('no service given'))).toMatch(/^<18>/); // mail.crit
   expect(peer.output()).toContain('no service given');
+});
+
+test('the helper left with root runs `smtpctl discover` for one well-formed evpid a line, and refuses anything else', () => {
+  const lines = ['0123456789abcdef', '0123456789ABCDEF', '0123456789abcde', '0123456789abcdef0', '01234567', '; touch /tmp/pwned;', '$(id)456789abcdef', '-h', '0123456789abcde\t', ''];
+  const { stdout } = spawnSync('/bin/sh', ['-c', DISCOVER_SCRIPT], { input: lines.join('\n') + '\n', encoding: 'utf8', env: {} });
+  // no smtpd knows that envelope: smtpctl fails, and says so
+  expect(stdout.split('\n').filter(Boolean)).toEqual(['fail 0123456789abcdef', ...Array(lines.length - 1).fill('refused')]);
 });
