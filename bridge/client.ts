@@ -50,7 +50,9 @@ export interface ClientOptions {
   observe?: (fn: FunctionName, ms: number, status: number | 'error') => void;
 }
 
-const PART_BYTES = 8 * CHUNK_BYTES;
+/** The size of a messageWrite part, and of a ranged messageFd read. */
+export const PART_BYTES = 8 * CHUNK_BYTES;
+export const INLINE_MAX_DEFAULT = 4 * 1024 * 1024;
 const TAKEOVER_TIMEOUT_MS = 60_000;
 const RETRY_STATUS = new Set([408, 429, 500, 502, 503, 504]);
 
@@ -83,7 +85,7 @@ export class HttpQueueStore implements QueueStore {
     this.base = options.baseUrl.replace(/\/+$/, '');
     this.timeoutMs = options.timeoutMs ?? 10_000;
     this.budgetMs = options.budgetMs ?? 30_000;
-    this.inlineMax = options.inlineMax ?? 4 * 1024 * 1024;
+    this.inlineMax = options.inlineMax ?? INLINE_MAX_DEFAULT;
     this.agent = new Agent({ keepAliveTimeout: 30_000, connections: 8 });
   }
 
