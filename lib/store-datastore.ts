@@ -155,8 +155,8 @@ export class DatastoreQueueStore implements QueueStore {
   }
 
   async messageDelete(msgid: Msgid, check?: OwnerCheck): Promise<{ deleted: boolean }> {
-    const children = await this.descendants(msgid);
     return this.transaction(async (tx) => {
+      const children = await this.descendants(msgid);
       const found = await this.lookup(tx, [this.messageKey(msgid), this.incomingKey(msgid)]);
       const stored = found.get(this.messageKey(msgid)) ?? found.get(this.incomingKey(msgid));
       if (!stored) return { deleted: false };
@@ -318,8 +318,8 @@ export class DatastoreQueueStore implements QueueStore {
     for (const row of rows) {
       const msgid = row[Datastore.KEY].name!;
       if (kept.has(msgid)) continue;
-      const children = await this.descendants(msgid);
       const removed = await this.transaction(async (tx) => {
+        const children = await this.descendants(msgid);
         const found = await this.lookup(tx, [this.messageKey(msgid), this.incomingKey(msgid)]);
         const incoming = found.get(this.incomingKey(msgid));
         if (!incoming || incoming.owner !== owner) return false;
@@ -559,9 +559,13 @@ export class DatastoreQueueStore implements QueueStore {
   }
 
   /**
-   * Every entity under a message key (its chunks, envelopes and tally), read
-   * before the transaction that deletes them: a message being deleted gets no
-   * new children, and one that did would only leave invisible garbage.
+   * Every entity under a message key (its chunks, envelopes and tally), for
+   * the transaction that deletes them to delete. The query is not part of the
+   * transaction (which only looks keys up), but runs in each of its attempts:
+   * the legacy emulator aborts it when it meets a write to the message, like
+   * a transaction, and an attempt after a commit landed must see what the
+   * commit wrote. A child written after the query would only be invisible
+   * garbage: nothing reads children without a committed Message entity.
    */
   private async descendants(msgid: Msgid): Promise<Key[]> {
     const results = await Promise.all(
