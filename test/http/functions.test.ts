@@ -231,6 +231,24 @@ describe('the queue functions over HTTP', () => {
       expect((await ask(service, 'messageCommit', { json: commit })).status).toBe(409);
     });
 
+    test('a commit after messageDelete is 409 rolled_back and writes nothing', async () => {
+      const msgid = randomMsgid();
+      const evpid = randomEvpid(msgid);
+      expect((await ask(service, 'messageCreate', { json: { msgids: [msgid], owner: 'mx1' } })).status).toBe(201);
+      expect(await ask(service, 'messageDelete', { json: { msgid, owner: 'mx1' } })).toMatchObject({ status: 200, json: { deleted: true } });
+      const body = Buffer.from('late');
+      const late = await ask(service, 'messageCommit', {
+        json: { msgid, owner: 'mx1', size: body.length, sha256: sha256hex(body), body: body.toString('base64'), envelopes: [{ evpid, data: 'ZQ==' }] },
+      });
+      expect(late).toMatchObject({ status: 409, json: { error: { code: 'conflict', reason: 'rolled_back', msgid } } });
+      expect(await exists(msgid)).toBe(false);
+      const write = await ask(service, 'messageWrite', { query: { msgid, offset: '0', owner: 'mx1' }, raw: body, type: 'application/octet-stream' });
+      expect(write).toMatchObject({ status: 409, json: { error: { reason: 'rolled_back' } } });
+      expect((await ask(service, 'messageCreate', { json: { msgids: [msgid], owner: 'mx1' } })).json).toMatchObject({
+        error: { code: 'conflict', taken: [msgid], rolledBack: [msgid] },
+      });
+    });
+
     test('a range past the end is 416; a malformed one 400', async () => {
       const { msgid, body } = await queued();
       const past = await ask(service, 'messageFd', { query: { msgid }, headers: { range: `bytes=${body.length}-` } });
