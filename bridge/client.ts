@@ -12,6 +12,7 @@ import {
   DEFAULT_LIMITS,
   type Commit,
   type Envelope,
+  type EnvelopeUpdate,
   type InstanceInfo,
   type Limits,
   type MessageInfo,
@@ -79,6 +80,7 @@ export class HttpQueueStore implements QueueStore {
   private readonly timeoutMs: number;
   private readonly budgetMs: number;
   private readonly inlineMax: number;
+  private lastVersion = 0;
 
   constructor(private readonly options: ClientOptions) {
     this.limits = options.limits ?? DEFAULT_LIMITS;
@@ -176,8 +178,10 @@ export class HttpQueueStore implements QueueStore {
     return (await this.json('envelopeLoad', Responses.envelopeLoad, { method: 'GET', query: { evpid, owner: check.owner } })).data;
   }
 
-  async envelopeUpdate(envelope: Envelope, check: OwnerCheck = {}): Promise<void> {
-    await this.call('envelopeUpdate', { method: 'POST', json: { ...toEnvelopeJson(envelope), ...check } });
+  /** Every update carries a version (this client's clock unless given), so that a late attempt cannot overwrite a newer update. */
+  async envelopeUpdate(update: EnvelopeUpdate, check: OwnerCheck = {}): Promise<void> {
+    const version = update.version ?? this.nextVersion();
+    await this.call('envelopeUpdate', { method: 'POST', json: { ...toEnvelopeJson(update), version, ...check } });
   }
 
   async envelopeWalk(page: PageRequest & { owner?: string } = {}): Promise<Page<Envelope>> {
@@ -213,6 +217,18 @@ export class HttpQueueStore implements QueueStore {
 
   async close(): Promise<void> {
     await this.agent.close();
+  }
+
+  /**
+   * A hybrid clock: the time in microseconds, or one more than the last
+   * version if the clock has not moved past it (or stepped back). Retries of
+   * one update repeat its version; versions of this client's updates only
+   * increase; another client's (after a takeover or a restart) are ordered
+   * by the wall clock.
+   */
+  private nextVersion(): number {
+    this.lastVersion = Math.max(Date.now() * 1000, this.lastVersion + 1);
+    return this.lastVersion;
   }
 
   private async writeParts(msgid: Msgid, body: Buffer, owner: string): Promise<void> {

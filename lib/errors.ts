@@ -66,3 +66,11 @@ export const rolledBack = (msgid: string) =>
     msgid,
     reason: 'rolled_back',
   });
+
+/** An envelope update older than the one stored. */
+export const staleUpdate = (evpid: string, version: number, stored: number) =>
+  new QueueError('conflict', `envelope ${evpid} has a newer update (version ${stored}) than this one (${version})`, {
+    evpid,
+    reason: 'stale',
+    storedVersion: stored,
+  });

@@ -11,8 +11,10 @@ import {
   checkCreate,
   checkEnvelope,
   checkOwner,
+  checkUpdate,
   checkWrite,
   chunkCount,
+  isNewerUpdate,
   isSameCommit,
   sha256hex,
   toChunks,
@@ -25,6 +27,7 @@ import {
   TAKEOVER_MAX,
   type Commit,
   type Envelope,
+  type EnvelopeUpdate,
   type InstanceInfo,
   type Limits,
   type MessageInfo,
@@ -58,7 +61,7 @@ export interface DatastoreQueueOptions {
  *   Message/<msgid>                   a committed message: state, owner, size, sha256, chunks, createdAt, committedAt, claimedAt
  *                                     or a deleted one's tombstone: state 'tombstone', owner, deletedAt, expiresAt
  *   Message/<msgid>/Chunk/<000000>    a piece of the body, CHUNK_BYTES at most
- *   Message/<msgid>/Envelope/<evpid>  an envelope: data, createdAt
+ *   Message/<msgid>/Envelope/<evpid>  an envelope: data, createdAt, version (of the last versioned update)
  *   Message/<msgid>/Tally/envelopes   how many envelopes the message has: count
  *   Instance/<instance>               an MX of the pool: leaseUntil, heartbeatAt, startedAt, walkDone
  * Chunks and envelopes of an incoming message already sit under its Message
@@ -285,13 +288,15 @@ export class DatastoreQueueStore implements QueueStore {
     return stored.data as Buffer;
   }
 
-  async envelopeUpdate(envelope: Envelope, check?: OwnerCheck): Promise<void> {
-    checkEnvelope(envelope, this.limits);
+  async envelopeUpdate(update: EnvelopeUpdate, check?: OwnerCheck): Promise<void> {
+    checkUpdate(update, this.limits);
     await this.transaction(async (tx) => {
-      const { found } = await this.envelopeContext(tx, envelope.evpid, check);
-      const stored = found.get(this.envelopeKey(envelope.evpid));
-      if (!stored) throw notFound('evpid', envelope.evpid);
-      tx.update(this.envelopeEntity(envelope.evpid, envelope.data, stored.createdAt as Date));
+      const { found } = await this.envelopeContext(tx, update.evpid, check);
+      const stored = found.get(this.envelopeKey(update.evpid));
+      if (!stored) throw notFound('evpid', update.evpid);
+      const version = Number(stored.version ?? 0);
+      if (!isNewerUpdate(update, { data: stored.data as Buffer, version })) return;
+      tx.update(this.envelopeEntity(update.evpid, update.data, stored.createdAt as Date, update.version ?? version));
     });
   }
 
@@ -730,8 +735,8 @@ export class DatastoreQueueStore implements QueueStore {
     });
   }
 
-  private envelopeEntity(evpid: Evpid, data: Buffer, createdAt: Date) {
-    return this.entity(this.envelopeKey(evpid), { data, createdAt });
+  private envelopeEntity(evpid: Evpid, data: Buffer, createdAt: Date, version = 0) {
+    return this.entity(this.envelopeKey(evpid), { data, createdAt, ...(version > 0 && { version }) });
   }
 
   private tombstoneEntity(msgid: Msgid, owner: string | null) {

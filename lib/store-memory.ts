@@ -8,8 +8,10 @@ import {
   checkCreate,
   checkEnvelope,
   checkOwner,
+  checkUpdate,
   checkWrite,
   chunkCount,
+  isNewerUpdate,
   isSameCommit,
   sha256hex,
   toChunks,
@@ -22,6 +24,7 @@ import {
   TAKEOVER_DEFAULT,
   TAKEOVER_MAX,
   type Envelope,
+  type EnvelopeUpdate,
   type InstanceInfo,
   type Limits,
   type MessageInfo,
@@ -38,6 +41,8 @@ import {
 interface StoredEnvelope {
   data: Buffer;
   createdAt: number;
+  /** Of the last versioned update; 0 before any. */
+  version: number;
 }
 
 interface StoredMessage {
@@ -110,7 +115,7 @@ export class MemoryQueueStore implements QueueStore {
     for (const { evpid, data } of commit.envelopes ?? []) {
       const old = envelopes.get(evpid);
       if (old && !old.data.equals(data)) throw conflict(`envelope ${evpid} exists with other bytes`, { evpid });
-      envelopes.set(evpid, old ?? { data: Buffer.from(data), createdAt: now });
+      envelopes.set(evpid, old ?? { data: Buffer.from(data), createdAt: now, version: 0 });
     }
     this.tombstones.delete(msgid);
     this.messages.set(msgid, {
@@ -185,7 +190,7 @@ export class MemoryQueueStore implements QueueStore {
       if (old.data.equals(envelope.data)) return { created: false };
       throw conflict(`envelope ${envelope.evpid} exists with other bytes`, { evpid: envelope.evpid });
     }
-    m.envelopes.set(envelope.evpid, { data: Buffer.from(envelope.data), createdAt: Date.now() });
+    m.envelopes.set(envelope.evpid, { data: Buffer.from(envelope.data), createdAt: Date.now(), version: 0 });
     return { created: true };
   }
 
@@ -205,11 +210,13 @@ export class MemoryQueueStore implements QueueStore {
     return Buffer.from(stored.data);
   }
 
-  async envelopeUpdate(envelope: Envelope, check?: OwnerCheck): Promise<void> {
-    checkEnvelope(envelope, this.limits);
-    const stored = this.messageOf(envelope.evpid, check).envelopes.get(envelope.evpid);
-    if (!stored) throw notFound('evpid', envelope.evpid);
-    stored.data = Buffer.from(envelope.data);
+  async envelopeUpdate(update: EnvelopeUpdate, check?: OwnerCheck): Promise<void> {
+    checkUpdate(update, this.limits);
+    const stored = this.messageOf(update.evpid, check).envelopes.get(update.evpid);
+    if (!stored) throw notFound('evpid', update.evpid);
+    if (!isNewerUpdate(update, stored)) return;
+    stored.data = Buffer.from(update.data);
+    stored.version = update.version ?? stored.version;
   }
 
   async envelopeWalk(page: PageRequest & { owner?: string } = {}): Promise<Page<Envelope>> {

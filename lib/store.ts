@@ -103,8 +103,15 @@ export interface QueueStore {
   /** The envelope's bytes exactly as stored. */
   envelopeLoad(evpid: Evpid, check?: OwnerCheck): Promise<Buffer>;
 
-  /** Replaces an existing envelope's bytes. */
-  envelopeUpdate(envelope: Envelope, check?: OwnerCheck): Promise<void>;
+  /**
+   * Replaces an existing envelope's bytes. With a `version`, a late update
+   * never overwrites a newer one: an update whose version is lower than the
+   * one stored is refused (conflict, reason `stale`) and changes nothing; the
+   * same version again with the same bytes succeeds (a retry), with other
+   * bytes it is stale. Without a version the update is unconditional and
+   * keeps the stored version.
+   */
+  envelopeUpdate(envelope: EnvelopeUpdate, check?: OwnerCheck): Promise<void>;
 
   /**
    * Pages through the envelopes of queued messages (of `owner` if given), in
@@ -177,6 +184,15 @@ export const DEFAULT_LIMITS: Limits = {
 export interface Envelope {
   evpid: Evpid;
   data: Buffer;
+}
+
+export interface EnvelopeUpdate extends Envelope {
+  /**
+   * Chosen by the caller, increasing with each update it makes (e.g. a
+   * hybrid clock: the time in microseconds, or one more than the last one);
+   * at least 1.
+   */
+  version?: number;
 }
 
 export interface Commit {

@@ -556,6 +556,47 @@ export function queueStoreContract(driver: ContractDriver): void {
       await expectError(store.envelopeUpdate({ ...envelopes[0], data: Buffer.from('x') }, { owner: OTHER }), 'conflict', 'not_owner');
       expect((await store.envelopeLoad(envelopes[0].evpid)).equals(envelopes[0].data)).toBe(true);
     });
+
+    test('a late envelopeUpdate with an older version does not overwrite a newer one', async () => {
+      const { envelopes } = await queued(1);
+      const { evpid } = envelopes[0];
+      const older = { evpid, data: Buffer.from('version: 3\nretry: 1\n'), version: 1000 };
+      const newer = { evpid, data: Buffer.from('version: 3\nretry: 2\n'), version: 2000 };
+      await store.envelopeUpdate(older, { owner: OWNER });
+      await store.envelopeUpdate(newer, { owner: OWNER });
+      const err = await expectError(store.envelopeUpdate(older, { owner: OWNER }), 'conflict', 'stale');
+      expect(err.details.storedVersion).toBe(2000);
+      expect((await store.envelopeLoad(evpid)).equals(newer.data)).toBe(true);
+    });
+
+    test('repeating the same envelopeUpdate succeeds; the same version with other bytes is stale', async () => {
+      const { envelopes } = await queued(1);
+      const { evpid } = envelopes[0];
+      const update = { evpid, data: Buffer.from('version: 3\nretry: 1\n'), version: 5000 };
+      await store.envelopeUpdate(update, { owner: OWNER });
+      await store.envelopeUpdate(update, { owner: OWNER });
+      expect((await store.envelopeLoad(evpid)).equals(update.data)).toBe(true);
+      await expectError(store.envelopeUpdate({ ...update, data: Buffer.from('version: 3\nother\n') }, { owner: OWNER }), 'conflict', 'stale');
+      expect((await store.envelopeLoad(evpid)).equals(update.data)).toBe(true);
+    });
+
+    test('an update without a version keeps the stored one: an older versioned update after it is still stale', async () => {
+      const { envelopes } = await queued(1);
+      const { evpid } = envelopes[0];
+      await store.envelopeUpdate({ evpid, data: Buffer.from('version: 3\nretry: 2\n'), version: 2000 }, { owner: OWNER });
+      const unversioned = { evpid, data: Buffer.from('version: 3\nretry: 3\n') };
+      await store.envelopeUpdate(unversioned, { owner: OWNER });
+      await expectError(store.envelopeUpdate({ evpid, data: Buffer.from('version: 3\nretry: 1\n'), version: 1000 }), 'conflict', 'stale');
+      expect((await store.envelopeLoad(evpid)).equals(unversioned.data)).toBe(true);
+    });
+
+    test('a version below 1 or not whole is bad input and changes nothing', async () => {
+      const { envelopes } = await queued(1);
+      for (const version of [0, -1, 1.5]) {
+        await expectError(store.envelopeUpdate({ ...envelopes[0], data: Buffer.from('x'), version }), 'bad_request');
+      }
+      expect((await store.envelopeLoad(envelopes[0].evpid)).equals(envelopes[0].data)).toBe(true);
+    });
   });
 
   describe('envelopeDelete', () => {
