@@ -12,6 +12,7 @@ import {
   DEFAULT_LIMITS,
   type Commit,
   type Envelope,
+  type EnvelopeUpdate,
   type InstanceInfo,
   type Limits,
   type MessageInfo,
@@ -59,7 +60,9 @@ export interface ClientOptions {
 
 const PROBE_MS = 1000;
 
-const PART_BYTES = 8 * CHUNK_BYTES;
+/** The size of a messageWrite part, and of a ranged messageFd read. */
+export const PART_BYTES = 8 * CHUNK_BYTES;
+export const INLINE_MAX_DEFAULT = 4 * 1024 * 1024;
 const TAKEOVER_TIMEOUT_MS = 60_000;
 const RETRY_STATUS = new Set([408, 429, 500, 502, 503, 504]);
 
@@ -88,13 +91,14 @@ export class HttpQueueStore implements QueueStore {
   private readonly inlineMax: number;
   /** Set while the service is out of reach (failFast only). */
   private outage?: { since: Date; nextProbe: number };
+  private lastVersion = 0;
 
   constructor(private readonly options: ClientOptions) {
     this.limits = options.limits ?? DEFAULT_LIMITS;
     this.base = options.baseUrl.replace(/\/+$/, '');
     this.timeoutMs = options.timeoutMs ?? 10_000;
     this.budgetMs = options.budgetMs ?? 30_000;
-    this.inlineMax = options.inlineMax ?? 4 * 1024 * 1024;
+    this.inlineMax = options.inlineMax ?? INLINE_MAX_DEFAULT;
     this.agent = new Agent({ keepAliveTimeout: 30_000, connections: 8 });
   }
 
@@ -185,8 +189,10 @@ export class HttpQueueStore implements QueueStore {
     return (await this.json('envelopeLoad', Responses.envelopeLoad, { method: 'GET', query: { evpid, owner: check.owner } })).data;
   }
 
-  async envelopeUpdate(envelope: Envelope, check: OwnerCheck = {}): Promise<void> {
-    await this.call('envelopeUpdate', { method: 'POST', json: { ...toEnvelopeJson(envelope), ...check } });
+  /** Every update carries a version (this client's clock unless given), so that a late attempt cannot overwrite a newer update. */
+  async envelopeUpdate(update: EnvelopeUpdate, check: OwnerCheck = {}): Promise<void> {
+    const version = update.version ?? this.nextVersion();
+    await this.call('envelopeUpdate', { method: 'POST', json: { ...toEnvelopeJson(update), version, ...check } });
   }
 
   async envelopeWalk(page: PageRequest & { owner?: string } = {}): Promise<Page<Envelope>> {
@@ -222,6 +228,18 @@ export class HttpQueueStore implements QueueStore {
 
   async close(): Promise<void> {
     await this.agent.close();
+  }
+
+  /**
+   * A hybrid clock: the time in microseconds, or one more than the last
+   * version if the clock has not moved past it (or stepped back). Retries of
+   * one update repeat its version; versions of this client's updates only
+   * increase; another client's (after a takeover or a restart) are ordered
+   * by the wall clock.
+   */
+  private nextVersion(): number {
+    this.lastVersion = Math.max(Date.now() * 1000, this.lastVersion + 1);
+    return this.lastVersion;
   }
 
   private async writeParts(msgid: Msgid, body: Buffer, owner: string): Promise<void> {

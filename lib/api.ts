@@ -111,7 +111,13 @@ export const Requests = {
   envelopeCreate: z.strictObject({ evpid: Evpid, data: Base64, ...owned }),
   envelopeDelete: z.strictObject({ evpid: Evpid, ...owned }),
   envelopeLoad: z.strictObject({ evpid: Evpid, ...owned }),
-  envelopeUpdate: z.strictObject({ evpid: Evpid, data: Base64, ...owned }),
+  envelopeUpdate: z.strictObject({
+    evpid: Evpid,
+    data: Base64,
+    /** Optional for older clients; see QueueStore.envelopeUpdate. */
+    version: z.number().int().min(1).max(Number.MAX_SAFE_INTEGER).optional(),
+    ...owned,
+  }),
   envelopeWalk: z.strictObject({
     cursor: z.string().max(500).optional(),
     limit: Limit.optional(),

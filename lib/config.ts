@@ -83,6 +83,6 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): ServiceConfig 
       databaseId: e.QUEUE_DATABASE,
       timeoutMs: e.QUEUE_STORAGE_TIMEOUT_MS,
     },
-    limits: { maxMessageBytes: e.QUEUE_MAX_MESSAGE_BYTES, maxEnvelopeBytes: e.QUEUE_MAX_ENVELOPE_BYTES },
+    limits: { maxMessageBytes: e.QUEUE_MAX_MESSAGE_BYTES, maxEnvelopeBytes: e.QUEUE_MAX_ENVELOPE_BYTES, tombstoneMs: DEFAULT_LIMITS.tombstoneMs },
   };
 }

@@ -56,3 +56,21 @@ export const unavailable = (message: string, details?: Record<string, unknown>, 
 /** A refused mutation or read by an instance that does not own the message. */
 export const notOwner = (msgid: string) =>
   new QueueError('conflict', `message ${msgid} is owned by another instance`, { msgid, reason: 'not_owner' });
+
+/**
+ * A write to a message that was deleted (rolled back) while its tombstone
+ * lasts: a late request must not bring it back.
+ */
+export const rolledBack = (msgid: string) =>
+  new QueueError('conflict', `message ${msgid} was deleted (rolled back); it cannot be written or committed again`, {
+    msgid,
+    reason: 'rolled_back',
+  });
+
+/** An envelope update older than the one stored. */
+export const staleUpdate = (evpid: string, version: number, stored: number) =>
+  new QueueError('conflict', `envelope ${evpid} has a newer update (version ${stored}) than this one (${version})`, {
+    evpid,
+    reason: 'stale',
+    storedVersion: stored,
+  });

@@ -7,7 +7,7 @@ import { QueueError, STATUS } from './errors';
 import type { BodyErrorRequest } from './json-errors';
 import './json-errors';
 import { createLogger, type Logger } from './log';
-export { Base64, b64 } from './wire';
+export { Base64, b64, isBase64 } from './wire';
 import { service } from './service';
 
 /**
@@ -91,7 +91,17 @@ export function endpoint<S extends z.ZodType>(
   return handler;
 }
 
+/** Any failure while reading the input is the request's fault: a 4xx, never a 500. */
 function parseInput<S extends z.ZodType>(spec: EndpointSpec<S>, req: Request): z.output<S> {
+  try {
+    return readInput(spec, req);
+  } catch (err) {
+    if (err instanceof QueueError) throw err;
+    throw new QueueError('bad_request', `the request could not be parsed: ${(err as Error)?.message ?? err}`, {}, { cause: err });
+  }
+}
+
+function readInput<S extends z.ZodType>(spec: EndpointSpec<S>, req: Request): z.output<S> {
   let raw: unknown = req.query;
   if (spec.from !== 'query') {
     const bodyError = (req as BodyErrorRequest).bodyError;

@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
-import { badRequest, conflict, notOwner, tooLarge } from './errors';
+import { badRequest, conflict, notOwner, staleUpdate, tooLarge } from './errors';
 import { msgidOf, type Msgid } from './ids';
-import { CHUNK_BYTES, CREATE_BATCH_MAX, type Commit, type Envelope, type Limits, type MessageInfo, type OwnerCheck } from './store';
+import { CHUNK_BYTES, CREATE_BATCH_MAX, type Commit, type Envelope, type EnvelopeUpdate, type Limits, type MessageInfo, type OwnerCheck } from './store';
 
 /** Checks every driver applies before it touches storage, so bad input writes nothing. */
 
@@ -36,6 +36,25 @@ export function checkEnvelope(envelope: Envelope, limits: Limits): void {
       limit: limits.maxEnvelopeBytes,
     });
   }
+}
+
+export function checkUpdate(update: EnvelopeUpdate, limits: Limits): void {
+  checkEnvelope(update, limits);
+  const { version } = update;
+  if (version !== undefined && !(Number.isSafeInteger(version) && version >= 1)) {
+    throw badRequest('version must be a whole number from 1', { evpid: update.evpid, version });
+  }
+}
+
+/**
+ * Whether a versioned update must be written over the envelope stored: an
+ * older version, or the same version with other bytes, is stale; the same
+ * version with the same bytes is a retry with nothing left to write.
+ */
+export function isNewerUpdate(update: EnvelopeUpdate, stored: { data: Buffer; version: number }): boolean {
+  if (update.version === undefined || update.version > stored.version) return true;
+  if (update.version === stored.version && update.data.equals(stored.data)) return false;
+  throw staleUpdate(update.evpid, update.version, stored.version);
 }
 
 export function checkSize(size: number, limits: Limits): void {

@@ -1,4 +1,5 @@
 import { loadConfig, type ServiceConfig } from './config';
+import { createLogger } from './log';
 import type { QueueStore } from './store';
 import { DatastoreQueueStore } from './store-datastore';
 import { MemoryQueueStore } from './store-memory';
@@ -28,5 +29,7 @@ export function useService(next: Service | undefined): void {
 
 export function storeFor(config: ServiceConfig): QueueStore {
   if (config.store === 'memory') return new MemoryQueueStore(config.limits);
-  return new DatastoreQueueStore({ ...config.datastore, limits: config.limits });
+  const log = createLogger({ name: 'queue' });
+  const onSweepError = (err: unknown) => log.warn({ err }, 'could not sweep expired tombstones; the next heartbeat or purge tries again');
+  return new DatastoreQueueStore({ ...config.datastore, limits: config.limits, onSweepError });
 }

@@ -2,7 +2,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { Datastore, DatastoreClient, PropertyFilter, and, type Key, type Query, type Transaction } from '@google-cloud/datastore';
 import type { google } from '@google-cloud/datastore/build/protos/protos';
 import { decodeCursor, encodeCursor, pageBudget } from './cursor';
-import { conflict, notFound, QueueError, unavailable } from './errors';
+import { conflict, notFound, QueueError, rolledBack, unavailable } from './errors';
 import { msgidOf, type Evpid, type Msgid } from './ids';
 import {
   byteRange,
@@ -11,8 +11,10 @@ import {
   checkCreate,
   checkEnvelope,
   checkOwner,
+  checkUpdate,
   checkWrite,
   chunkCount,
+  isNewerUpdate,
   isSameCommit,
   sha256hex,
   toChunks,
@@ -25,6 +27,7 @@ import {
   TAKEOVER_MAX,
   type Commit,
   type Envelope,
+  type EnvelopeUpdate,
   type InstanceInfo,
   type Limits,
   type MessageInfo,
@@ -48,14 +51,17 @@ export interface DatastoreQueueOptions {
   /** Deadline of each storage call. */
   timeoutMs?: number;
   limits?: Limits;
+  /** Told when sweeping expired tombstones fails; the call that swept still succeeds. */
+  onSweepError?: (err: unknown) => void;
 }
 
 /**
  * Entities (docs/storage.md):
  *   Incoming/<msgid>                  a reserved, uncommitted message: owner, createdAt, bodyVersion
  *   Message/<msgid>                   a committed message: state, owner, size, sha256, chunks, createdAt, committedAt, claimedAt
+ *                                     or a deleted one's tombstone: state 'tombstone', owner, deletedAt, expiresAt
  *   Message/<msgid>/Chunk/<000000>    a piece of the body, CHUNK_BYTES at most
- *   Message/<msgid>/Envelope/<evpid>  an envelope: data, createdAt
+ *   Message/<msgid>/Envelope/<evpid>  an envelope: data, createdAt, version (of the last versioned update)
  *   Message/<msgid>/Tally/envelopes   how many envelopes the message has: count
  *   Instance/<instance>               an MX of the pool: leaseUntil, heartbeatAt, startedAt, walkDone
  * Chunks and envelopes of an incoming message already sit under its Message
@@ -64,9 +70,12 @@ export interface DatastoreQueueOptions {
  * Transactions only look keys up, never query: the Firestore emulator locks a
  * query's whole kind, so two deletes on different messages would wait on each
  * other. Hence the tally, which tells an envelope delete whether it is the last.
+ * The tombstone sits at the Message key so that the commit's insert of the
+ * Message entity, which fails if anything is there, is also the check that
+ * the message was not rolled back: no read, no transaction on the accept path.
  */
 const INDEXED: Record<string, readonly string[]> = {
-  Message: ['state', 'owner'],
+  Message: ['state', 'owner', 'expiresAt'],
   Incoming: ['owner'],
   Envelope: [],
   Chunk: [],
@@ -84,6 +93,10 @@ const WALK_PARALLEL = 8;
 const WALK_ENVELOPES_PER_QUERY = 200;
 /** Messages claimed per transaction: few, so that claimants racing for the same orphans rarely wait on each other. */
 const CLAIM_BATCH = 10;
+/** Most expired tombstones one sweep deletes, and how many per transaction (the legacy emulator allows 25 entity groups). */
+const SWEEP_MAX = 200;
+const SWEEP_BATCH = 20;
+const TOMBSTONE = 'tombstone';
 
 type Props = Record<string, string | number | Date | Buffer | null>;
 type Stored = Props & { [Datastore.KEY]: Key };
@@ -96,10 +109,12 @@ export class DatastoreQueueStore implements QueueStore {
   readonly limits: Limits;
   private readonly ds: Datastore;
   private readonly gax: { timeout: number; maxRetries: number };
+  private readonly onSweepError: (err: unknown) => void;
   private raw?: DatastoreClient;
 
   constructor(options: DatastoreQueueOptions = {}) {
     this.limits = options.limits ?? DEFAULT_LIMITS;
+    this.onSweepError = options.onSweepError ?? (() => undefined);
     this.ds = new Datastore({
       projectId: options.projectId,
       namespace: options.namespace || undefined,
@@ -114,13 +129,20 @@ export class DatastoreQueueStore implements QueueStore {
     const unique = [...new Set(msgids)];
     await this.transaction(async (tx) => {
       const found = await this.lookup(tx, [...unique.map((m) => this.messageKey(m)), ...unique.map((m) => this.incomingKey(m))]);
+      const now = Date.now();
+      const rolledBack = unique.filter((m) => isFencing(found.get(this.messageKey(m)), now));
       const taken = unique.filter((m) => {
+        const message = found.get(this.messageKey(m));
         const incoming = found.get(this.incomingKey(m));
-        return found.has(this.messageKey(m)) || (incoming && incoming.owner !== owner);
+        return (message && (!isTombstone(message) || isFencing(message, now))) || (incoming && incoming.owner !== owner);
       });
-      if (taken.length > 0) throw conflict(`${taken.length} of the msgids are taken`, { taken });
+      if (taken.length > 0) {
+        throw conflict(`${taken.length} of the msgids are taken`, { taken, ...(rolledBack.length > 0 && { rolledBack }) });
+      }
       const createdAt = new Date();
       for (const msgid of unique) {
+        // an expired tombstone: the commit's insert of the Message entity must find the key free
+        if (found.has(this.messageKey(msgid))) tx.delete(this.messageKey(msgid));
         if (!found.has(this.incomingKey(msgid))) {
           tx.insert(this.entity(this.incomingKey(msgid), { owner, createdAt, bodyVersion: 0 }));
         }
@@ -145,7 +167,9 @@ export class DatastoreQueueStore implements QueueStore {
         // committed before (a retry), or an envelope was created before the commit
       }
     }
-    const committed = await this.get(this.messageKey(commit.msgid));
+    const existing = await this.get(this.messageKey(commit.msgid));
+    if (isFencing(existing)) throw rolledBack(commit.msgid);
+    const committed = committedRow(existing);
     if (committed) return this.recommit(toInfo(commit.msgid, committed), commit);
     if (commit.body) {
       await this.messageCreate([commit.msgid], commit.owner);
@@ -155,19 +179,22 @@ export class DatastoreQueueStore implements QueueStore {
   }
 
   async messageDelete(msgid: Msgid, check?: OwnerCheck): Promise<{ deleted: boolean }> {
-    const children = await this.descendants(msgid);
     return this.transaction(async (tx) => {
+      const children = await this.descendants(msgid);
       const found = await this.lookup(tx, [this.messageKey(msgid), this.incomingKey(msgid)]);
-      const stored = found.get(this.messageKey(msgid)) ?? found.get(this.incomingKey(msgid));
-      if (!stored) return { deleted: false };
-      checkOwner({ msgid, owner: String(stored.owner) }, check);
-      tx.delete([...children, this.messageKey(msgid), this.incomingKey(msgid)]);
-      return { deleted: true };
+      const message = found.get(this.messageKey(msgid));
+      if (isFencing(message)) return { deleted: false };
+      const stored = committedRow(message) ?? found.get(this.incomingKey(msgid));
+      if (stored) checkOwner({ msgid, owner: String(stored.owner) }, check);
+      tx.delete([...children, this.incomingKey(msgid)]);
+      // also when nothing was there: a commit still on its way must not create the message
+      tx.upsert(this.tombstoneEntity(msgid, stored ? String(stored.owner) : (check?.owner ?? null)));
+      return { deleted: stored !== undefined };
     });
   }
 
   async messageRead(msgid: Msgid, read: ReadRange & OwnerCheck = {}): Promise<{ info: MessageInfo; data: Buffer }> {
-    const stored = await this.get(this.messageKey(msgid));
+    const stored = committedRow(await this.get(this.messageKey(msgid)));
     if (!stored) throw notFound('msgid', msgid);
     const info = toInfo(msgid, stored);
     checkOwner(info, read);
@@ -188,7 +215,7 @@ export class DatastoreQueueStore implements QueueStore {
 
   async messageWalk(msgid: Msgid, page: PageRequest & OwnerCheck = {}): Promise<MessageWalk> {
     const found = await this.lookup(this.ds, [this.messageKey(msgid), this.incomingKey(msgid)]);
-    const committed = found.get(this.messageKey(msgid));
+    const committed = committedRow(found.get(this.messageKey(msgid)));
     const incoming = found.get(this.incomingKey(msgid));
     if (!committed && !incoming) throw notFound('msgid', msgid);
     const message = committed ? toInfo(msgid, committed) : incomingInfo(msgid, incoming!);
@@ -220,7 +247,7 @@ export class DatastoreQueueStore implements QueueStore {
   async envelopeCreate(envelope: Envelope, check?: OwnerCheck): Promise<{ created: boolean }> {
     checkEnvelope(envelope, this.limits);
     return this.transaction(async (tx) => {
-      const { found } = await this.envelopeContext(tx, envelope.evpid, check);
+      const { found } = await this.envelopeContext(tx, envelope.evpid, check, { refuseRolledBack: true });
       const existing = found.get(this.envelopeKey(envelope.evpid));
       if (existing) {
         if ((existing.data as Buffer).equals(envelope.data)) return { created: false };
@@ -241,7 +268,7 @@ export class DatastoreQueueStore implements QueueStore {
         throw err;
       });
       if (!found || !found.has(this.envelopeKey(evpid))) return { deleted: false, messageDeleted: false };
-      const committed = found.get(this.messageKey(msgid));
+      const committed = committedRow(found.get(this.messageKey(msgid)));
       const left = tallyOf(found.get(this.tallyKey(msgid))) - 1;
       if (committed && left <= 0) {
         const chunks = range(0, Number(committed.chunks)).map((i) => this.chunkKey(msgid, i));
@@ -261,13 +288,15 @@ export class DatastoreQueueStore implements QueueStore {
     return stored.data as Buffer;
   }
 
-  async envelopeUpdate(envelope: Envelope, check?: OwnerCheck): Promise<void> {
-    checkEnvelope(envelope, this.limits);
+  async envelopeUpdate(update: EnvelopeUpdate, check?: OwnerCheck): Promise<void> {
+    checkUpdate(update, this.limits);
     await this.transaction(async (tx) => {
-      const { found } = await this.envelopeContext(tx, envelope.evpid, check);
-      const stored = found.get(this.envelopeKey(envelope.evpid));
-      if (!stored) throw notFound('evpid', envelope.evpid);
-      tx.update(this.envelopeEntity(envelope.evpid, envelope.data, stored.createdAt as Date));
+      const { found } = await this.envelopeContext(tx, update.evpid, check);
+      const stored = found.get(this.envelopeKey(update.evpid));
+      if (!stored) throw notFound('evpid', update.evpid);
+      const version = Number(stored.version ?? 0);
+      if (!isNewerUpdate(update, { data: stored.data as Buffer, version })) return;
+      tx.update(this.envelopeEntity(update.evpid, update.data, stored.createdAt as Date, update.version ?? version));
     });
   }
 
@@ -318,17 +347,23 @@ export class DatastoreQueueStore implements QueueStore {
     for (const row of rows) {
       const msgid = row[Datastore.KEY].name!;
       if (kept.has(msgid)) continue;
-      const children = await this.descendants(msgid);
       const removed = await this.transaction(async (tx) => {
+        const children = await this.descendants(msgid);
         const found = await this.lookup(tx, [this.messageKey(msgid), this.incomingKey(msgid)]);
         const incoming = found.get(this.incomingKey(msgid));
         if (!incoming || incoming.owner !== owner) return false;
-        // a committed message of the same id keeps its children
-        tx.delete([...(found.has(this.messageKey(msgid)) ? [] : children), this.incomingKey(msgid)]);
+        if (committedRow(found.get(this.messageKey(msgid)))) {
+          // a committed message of the same id keeps its children
+          tx.delete(this.incomingKey(msgid));
+        } else {
+          tx.delete([...children, this.incomingKey(msgid)]);
+          tx.upsert(this.tombstoneEntity(msgid, owner));
+        }
         return true;
       });
       if (removed) purged++;
     }
+    await this.sweepTombstones();
     return purged;
   }
 
@@ -345,6 +380,7 @@ export class DatastoreQueueStore implements QueueStore {
     } catch (err) {
       throw storageError(err);
     }
+    await this.sweepTombstones();
     return toInstance(instance, data, now.getTime());
   }
 
@@ -388,8 +424,9 @@ export class DatastoreQueueStore implements QueueStore {
       count.messages++;
       counts.set(key, count);
     };
-    const [messages, incoming] = await Promise.all([this.query(this.ds, this.ds.createQuery('Message')), this.query(this.ds, this.ds.createQuery('Incoming'))]);
-    for (const row of messages) add(String(row.owner), row.state === 'corrupt' ? 'corrupt' : 'queued');
+    const inState = (state: string) => this.query(this.ds, this.ds.createQuery('Message').filter(new PropertyFilter('state', '=', state)));
+    const [queued, corrupt, incoming] = await Promise.all([inState('queued'), inState('corrupt'), this.query(this.ds, this.ds.createQuery('Incoming'))]);
+    for (const row of [...queued, ...corrupt]) add(String(row.owner), row.state === 'corrupt' ? 'corrupt' : 'queued');
     for (const row of incoming) add(String(row.owner), 'incoming');
     return [...counts.values()].sort((a, b) => a.owner.localeCompare(b.owner) || a.state.localeCompare(b.state));
   }
@@ -451,13 +488,18 @@ export class DatastoreQueueStore implements QueueStore {
     checkBody(msgid, commit.size, commit.sha256, Buffer.concat(parts.map((k) => (found.get(k)?.data as Buffer) ?? Buffer.alloc(0))));
     return this.transaction(async (tx) => {
       const seen = await this.lookup(tx, [this.messageKey(msgid), this.incomingKey(msgid), this.tallyKey(msgid), ...envelopes.map((e) => e.key)]);
-      const committed = seen.get(this.messageKey(msgid));
+      const message = seen.get(this.messageKey(msgid));
+      if (isFencing(message)) throw rolledBack(msgid);
+      const committed = committedRow(message);
       if (committed) return this.recommit(toInfo(msgid, committed), commit);
       const current = seen.get(this.incomingKey(msgid));
       if (!current) throw notFound('msgid', msgid);
       checkOwner({ msgid, owner: String(current.owner) }, commit);
       if (current.bodyVersion !== version) throw conflict(`message ${msgid} body changed while it was committed`, { msgid });
-      tx.insert(this.messageEntity(commit, new Date(), current.createdAt as Date));
+      const entity = this.messageEntity(commit, new Date(), current.createdAt as Date);
+      // over an expired tombstone, which this transaction has read
+      if (message) tx.upsert(entity);
+      else tx.insert(entity);
       tx.delete(this.incomingKey(msgid));
       let count = tallyOf(seen.get(this.tallyKey(msgid)));
       for (const e of envelopes) {
@@ -493,7 +535,9 @@ export class DatastoreQueueStore implements QueueStore {
           this.tallyKey(msgid),
           ...(keepExisting ? batch.map((e) => e.key) : []),
         ]);
-        if (found.has(this.messageKey(msgid))) throw conflict(`message ${msgid} is already committed`, { msgid });
+        const message = found.get(this.messageKey(msgid));
+        if (isFencing(message)) throw rolledBack(msgid);
+        if (committedRow(message)) throw conflict(`message ${msgid} is already committed`, { msgid });
         const incoming = found.get(this.incomingKey(msgid));
         if (!incoming) throw notFound('msgid', msgid);
         checkOwner({ msgid, owner: String(incoming.owner) }, { owner });
@@ -514,7 +558,7 @@ export class DatastoreQueueStore implements QueueStore {
 
   private async setState(msgid: Msgid, state: 'queued' | 'corrupt', check: OwnerCheck): Promise<MessageInfo> {
     return this.transaction(async (tx) => {
-      const stored = (await this.lookup(tx, [this.messageKey(msgid)])).get(this.messageKey(msgid));
+      const stored = committedRow((await this.lookup(tx, [this.messageKey(msgid)])).get(this.messageKey(msgid)));
       if (!stored) throw notFound('msgid', msgid);
       checkOwner({ msgid, owner: String(stored.owner) }, check);
       const data = { ...stripKey(stored), state };
@@ -523,14 +567,49 @@ export class DatastoreQueueStore implements QueueStore {
     });
   }
 
-  /** The message an envelope belongs to, looked up with the envelope; refuses other owners. */
-  private async envelopeContext(reader: Datastore | Transaction, evpid: Evpid, check?: OwnerCheck) {
+  /**
+   * The message an envelope belongs to, looked up with the envelope; refuses
+   * other owners. A rolled-back message is not found, or refused as such.
+   */
+  private async envelopeContext(reader: Datastore | Transaction, evpid: Evpid, check?: OwnerCheck, options: { refuseRolledBack?: boolean } = {}) {
     const msgid = msgidOf(evpid);
     const found = await this.lookup(reader, [this.messageKey(msgid), this.incomingKey(msgid), this.envelopeKey(evpid), this.tallyKey(msgid)]);
-    const stored = found.get(this.messageKey(msgid)) ?? found.get(this.incomingKey(msgid));
+    const message = found.get(this.messageKey(msgid));
+    const stored = committedRow(message) ?? found.get(this.incomingKey(msgid));
+    if (!stored && options.refuseRolledBack && isFencing(message)) throw rolledBack(msgid);
     if (!stored) throw notFound('evpid', evpid);
     checkOwner({ msgid, owner: String(stored.owner) }, check);
     return { found };
+  }
+
+  /**
+   * Deletes up to SWEEP_MAX expired tombstones, each checked again in the
+   * transaction that deletes it. Housekeeping for the calls that run it (a
+   * heartbeat must not lose its lease over it): a failure is reported and
+   * left to the next sweep.
+   */
+  private async sweepTombstones(): Promise<number> {
+    try {
+      const expired = new PropertyFilter('expiresAt', '<', new Date());
+      const rows = await this.query(this.ds, this.ds.createQuery('Message').filter(expired).select('__key__').limit(SWEEP_MAX));
+      // in a random order, so that instances sweeping at the same time mostly take different ones
+      const keys = shuffle(rows.map((row) => row[Datastore.KEY]));
+      let swept = 0;
+      for (let i = 0; i < keys.length; i += SWEEP_BATCH) {
+        swept += await this.transaction(async (tx) => {
+          const batch = keys.slice(i, i + SWEEP_BATCH);
+          const found = await this.lookup(tx, batch);
+          const now = Date.now();
+          const gone = batch.filter((key) => isTombstone(found.get(key)) && !isFencing(found.get(key), now));
+          if (gone.length > 0) tx.delete(gone);
+          return gone.length;
+        });
+      }
+      return swept;
+    } catch (err) {
+      this.onSweepError(err);
+      return 0;
+    }
   }
 
   private async envelopesOf(msgid: Msgid, after: Evpid | undefined, limit: number) {
@@ -559,9 +638,13 @@ export class DatastoreQueueStore implements QueueStore {
   }
 
   /**
-   * Every entity under a message key (its chunks, envelopes and tally), read
-   * before the transaction that deletes them: a message being deleted gets no
-   * new children, and one that did would only leave invisible garbage.
+   * Every entity under a message key (its chunks, envelopes and tally), for
+   * the transaction that deletes them to delete. The query is not part of the
+   * transaction (which only looks keys up), but runs in each of its attempts:
+   * the legacy emulator aborts it when it meets a write to the message, like
+   * a transaction, and an attempt after a commit landed must see what the
+   * commit wrote. A child written after the query would only be invisible
+   * garbage: nothing reads children without a committed Message entity.
    */
   private async descendants(msgid: Msgid): Promise<Key[]> {
     const results = await Promise.all(
@@ -652,8 +735,14 @@ export class DatastoreQueueStore implements QueueStore {
     });
   }
 
-  private envelopeEntity(evpid: Evpid, data: Buffer, createdAt: Date) {
-    return this.entity(this.envelopeKey(evpid), { data, createdAt });
+  private envelopeEntity(evpid: Evpid, data: Buffer, createdAt: Date, version = 0) {
+    return this.entity(this.envelopeKey(evpid), { data, createdAt, ...(version > 0 && { version }) });
+  }
+
+  private tombstoneEntity(msgid: Msgid, owner: string | null) {
+    const deletedAt = new Date();
+    const expiresAt = new Date(deletedAt.getTime() + this.limits.tombstoneMs);
+    return this.entity(this.messageKey(msgid), { state: TOMBSTONE, owner, deletedAt, expiresAt });
   }
 
   private tallyEntity(msgid: Msgid, count: number) {
@@ -722,6 +811,20 @@ function toInstance(instance: string, row: Props, now: number): InstanceInfo {
     walkDone: Boolean(row.walkDone),
     alive: leaseUntil.getTime() > now,
   };
+}
+
+function isTombstone(row: Props | undefined): boolean {
+  return row?.state === TOMBSTONE;
+}
+
+/** A tombstone that still fences its msgid. */
+function isFencing(row: Props | undefined, now = Date.now()): boolean {
+  return isTombstone(row) && (row!.expiresAt as Date).getTime() > now;
+}
+
+/** The committed message a Message row holds, if it is not a tombstone. */
+function committedRow<T extends Props>(row: T | undefined): T | undefined {
+  return row && !isTombstone(row) ? row : undefined;
 }
 
 function tallyOf(row: Props | undefined): number {

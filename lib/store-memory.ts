@@ -1,5 +1,5 @@
 import { decodeCursor, encodeCursor, pageBudget } from './cursor';
-import { conflict, notFound } from './errors';
+import { conflict, notFound, rolledBack } from './errors';
 import { msgidOf, type Evpid, type Msgid } from './ids';
 import {
   byteRange,
@@ -8,8 +8,10 @@ import {
   checkCreate,
   checkEnvelope,
   checkOwner,
+  checkUpdate,
   checkWrite,
   chunkCount,
+  isNewerUpdate,
   isSameCommit,
   sha256hex,
   toChunks,
@@ -22,6 +24,7 @@ import {
   TAKEOVER_DEFAULT,
   TAKEOVER_MAX,
   type Envelope,
+  type EnvelopeUpdate,
   type InstanceInfo,
   type Limits,
   type MessageInfo,
@@ -38,6 +41,8 @@ import {
 interface StoredEnvelope {
   data: Buffer;
   createdAt: number;
+  /** Of the last versioned update; 0 before any. */
+  version: number;
 }
 
 interface StoredMessage {
@@ -54,18 +59,24 @@ interface StoredMessage {
  */
 export class MemoryQueueStore implements QueueStore {
   private readonly messages = new Map<Msgid, StoredMessage>();
+  /** Deleted msgids, until when they stay fenced. */
+  private readonly tombstones = new Map<Msgid, number>();
   private readonly instances = new Map<string, Omit<InstanceInfo, 'alive'>>();
 
   constructor(readonly limits: Limits = DEFAULT_LIMITS) {}
 
   async messageCreate(msgids: Msgid[], owner: string): Promise<void> {
     checkCreate(msgids);
+    const rolledBack = msgids.filter((msgid) => this.isFenced(msgid));
     const taken = msgids.filter((msgid) => {
       const m = this.messages.get(msgid);
-      return m && (m.info.state !== 'incoming' || m.info.owner !== owner);
+      return rolledBack.includes(msgid) || (m && (m.info.state !== 'incoming' || m.info.owner !== owner));
     });
-    if (taken.length > 0) throw conflict(`${taken.length} of the msgids are taken`, { taken });
+    if (taken.length > 0) {
+      throw conflict(`${taken.length} of the msgids are taken`, { taken, ...(rolledBack.length > 0 && { rolledBack }) });
+    }
     for (const msgid of msgids) {
+      this.tombstones.delete(msgid);
       if (this.messages.has(msgid)) continue;
       this.messages.set(msgid, {
         info: { msgid, state: 'incoming', owner, size: null, sha256: null, createdAt: new Date(), committedAt: null },
@@ -77,6 +88,7 @@ export class MemoryQueueStore implements QueueStore {
 
   async messageWrite(msgid: Msgid, offset: number, data: Buffer, owner: string): Promise<void> {
     checkWrite(msgid, offset, data, this.limits);
+    if (this.isFenced(msgid)) throw rolledBack(msgid);
     const m = this.incoming(msgid, { owner });
     for (const chunk of toChunks(data, offset / CHUNK_BYTES)) m.chunks.set(chunk.index, Buffer.from(chunk.data));
   }
@@ -84,6 +96,7 @@ export class MemoryQueueStore implements QueueStore {
   async messageCommit(commit: Commit): Promise<{ created: boolean }> {
     checkCommit(commit, this.limits);
     const { msgid } = commit;
+    if (this.isFenced(msgid)) throw rolledBack(msgid);
     const existing = this.messages.get(msgid);
     if (existing && existing.info.state !== 'incoming') {
       if (isSameCommit(existing.info, commit)) return { created: false };
@@ -102,8 +115,9 @@ export class MemoryQueueStore implements QueueStore {
     for (const { evpid, data } of commit.envelopes ?? []) {
       const old = envelopes.get(evpid);
       if (old && !old.data.equals(data)) throw conflict(`envelope ${evpid} exists with other bytes`, { evpid });
-      envelopes.set(evpid, old ?? { data: Buffer.from(data), createdAt: now });
+      envelopes.set(evpid, old ?? { data: Buffer.from(data), createdAt: now, version: 0 });
     }
+    this.tombstones.delete(msgid);
     this.messages.set(msgid, {
       info: {
         msgid,
@@ -121,11 +135,11 @@ export class MemoryQueueStore implements QueueStore {
   }
 
   async messageDelete(msgid: Msgid, check?: OwnerCheck): Promise<{ deleted: boolean }> {
+    if (this.isFenced(msgid)) return { deleted: false };
     const m = this.messages.get(msgid);
-    if (!m) return { deleted: false };
-    checkOwner(m.info, check);
-    this.messages.delete(msgid);
-    return { deleted: true };
+    if (m) checkOwner(m.info, check);
+    this.bury(msgid);
+    return { deleted: m !== undefined };
   }
 
   async messageRead(msgid: Msgid, read: ReadRange & OwnerCheck = {}): Promise<{ info: MessageInfo; data: Buffer }> {
@@ -169,13 +183,14 @@ export class MemoryQueueStore implements QueueStore {
 
   async envelopeCreate(envelope: Envelope, check?: OwnerCheck): Promise<{ created: boolean }> {
     checkEnvelope(envelope, this.limits);
+    if (this.isFenced(msgidOf(envelope.evpid))) throw rolledBack(msgidOf(envelope.evpid));
     const m = this.messageOf(envelope.evpid, check);
     const old = m.envelopes.get(envelope.evpid);
     if (old) {
       if (old.data.equals(envelope.data)) return { created: false };
       throw conflict(`envelope ${envelope.evpid} exists with other bytes`, { evpid: envelope.evpid });
     }
-    m.envelopes.set(envelope.evpid, { data: Buffer.from(envelope.data), createdAt: Date.now() });
+    m.envelopes.set(envelope.evpid, { data: Buffer.from(envelope.data), createdAt: Date.now(), version: 0 });
     return { created: true };
   }
 
@@ -195,11 +210,13 @@ export class MemoryQueueStore implements QueueStore {
     return Buffer.from(stored.data);
   }
 
-  async envelopeUpdate(envelope: Envelope, check?: OwnerCheck): Promise<void> {
-    checkEnvelope(envelope, this.limits);
-    const stored = this.messageOf(envelope.evpid, check).envelopes.get(envelope.evpid);
-    if (!stored) throw notFound('evpid', envelope.evpid);
-    stored.data = Buffer.from(envelope.data);
+  async envelopeUpdate(update: EnvelopeUpdate, check?: OwnerCheck): Promise<void> {
+    checkUpdate(update, this.limits);
+    const stored = this.messageOf(update.evpid, check).envelopes.get(update.evpid);
+    if (!stored) throw notFound('evpid', update.evpid);
+    if (!isNewerUpdate(update, stored)) return;
+    stored.data = Buffer.from(update.data);
+    stored.version = update.version ?? stored.version;
   }
 
   async envelopeWalk(page: PageRequest & { owner?: string } = {}): Promise<Page<Envelope>> {
@@ -226,10 +243,11 @@ export class MemoryQueueStore implements QueueStore {
     let purged = 0;
     for (const [msgid, m] of this.messages) {
       if (m.info.state === 'incoming' && m.info.owner === owner && !kept.has(msgid)) {
-        this.messages.delete(msgid);
+        this.bury(msgid);
         purged++;
       }
     }
+    this.sweepTombstones();
     return purged;
   }
 
@@ -243,6 +261,7 @@ export class MemoryQueueStore implements QueueStore {
       walkDone: state.walkDone ?? false,
     };
     this.instances.set(instance, record);
+    this.sweepTombstones();
     return { ...record, alive: true };
   }
 
@@ -263,7 +282,7 @@ export class MemoryQueueStore implements QueueStore {
     for (const [msgid, m] of sortedEntries(this.messages)) {
       if (!dead.has(m.info.owner)) continue;
       if (m.info.state === 'incoming') {
-        this.messages.delete(msgid);
+        this.bury(msgid);
         result.purged++;
       } else if (m.info.state === 'queued') {
         if (result.claimed.length === limit) {
@@ -290,6 +309,21 @@ export class MemoryQueueStore implements QueueStore {
   }
 
   async close(): Promise<void> {}
+
+  /** Deletes a message and fences its msgid with a tombstone. */
+  private bury(msgid: Msgid): void {
+    this.messages.delete(msgid);
+    this.tombstones.set(msgid, Date.now() + this.limits.tombstoneMs);
+  }
+
+  private isFenced(msgid: Msgid): boolean {
+    return (this.tombstones.get(msgid) ?? 0) > Date.now();
+  }
+
+  private sweepTombstones(): void {
+    const now = Date.now();
+    for (const [msgid, until] of this.tombstones) if (until <= now) this.tombstones.delete(msgid);
+  }
 
   private take(entries: [Evpid, StoredEnvelope][], page: PageRequest): { items: Envelope[]; more: boolean } {
     const { limit, maxBytes } = pageBudget(page);

@@ -15,6 +15,15 @@ import type { Evpid, Msgid } from './ids';
  * - `owner` names the instance that holds a message. Where an operation takes
  *   `{ owner }`, a message held by another owner is refused with a `conflict`
  *   (reason `not_owner`); without it, no ownership check is made (admin use).
+ * - A rollback is final. messageDelete and messagePurge leave a tombstone for
+ *   each msgid they delete, in the same atomic step, for `limits.tombstoneMs`.
+ *   While it lasts, nothing can bring the message back: messageCommit,
+ *   messageWrite and envelopeCreate are refused with a `conflict` (reason
+ *   `rolled_back`) and write nothing, and messageCreate counts the id as
+ *   taken. Reads treat it as gone. This fences requests that arrive late,
+ *   e.g. a commit the client gave up on that reaches storage after the
+ *   rollback. Expired tombstones are deleted when the id is reserved again,
+ *   and in bounded batches by instanceHeartbeat and messagePurge.
  * - Failures are QueueErrors (lib/errors.ts): not_found, conflict, too_large,
  *   bad_request, unavailable. Anything else is a bug.
  * - Bodies and envelopes are opaque bytes (smtpd may compress or encrypt).
@@ -26,7 +35,8 @@ export interface QueueStore {
    * Reserves msgids as incoming messages of `owner`, all or none: if any id
    * is taken, throws conflict with `details.taken` and reserves nothing. An
    * id that `owner` already holds as incoming counts as reserved (a retry).
-   * At most CREATE_BATCH_MAX ids at once.
+   * An id rolled back less than a tombstone's lifetime ago is taken (listed
+   * in `details.rolledBack` too). At most CREATE_BATCH_MAX ids at once.
    */
   messageCreate(msgids: Msgid[], owner: string): Promise<void>;
 
@@ -34,7 +44,7 @@ export interface QueueStore {
    * Stores `data` at byte `offset` of an incoming message's body. `offset`
    * is a multiple of CHUNK_BYTES and every part but the last is a whole
    * number of chunks. Writing the same part again is harmless. Nothing is
-   * visible until messageCommit.
+   * visible until messageCommit. Refused (`rolled_back`) after messageDelete.
    */
   messageWrite(msgid: Msgid, offset: number, data: Buffer, owner: string): Promise<void>;
 
@@ -45,11 +55,18 @@ export interface QueueStore {
    * created before) visible at once. A repeated commit of the same body
    * answers `{ created: false }`; a different body for a committed msgid is
    * a conflict. A message not reserved first is committed too, if its id is
-   * free.
+   * free. A commit after messageDelete of the message is refused (conflict,
+   * reason `rolled_back`) and makes nothing visible, whether the deleted
+   * message was incoming or already committed.
    */
   messageCommit(commit: Commit): Promise<{ created: boolean }>;
 
-  /** Deletes a message, its body and its envelopes, whatever its state. */
+  /**
+   * Deletes a message, its body and its envelopes, whatever its state, and
+   * leaves a tombstone for its msgid (also when there was nothing to delete,
+   * so that a commit still on its way cannot create it). Deleting again
+   * answers `{ deleted: false }` and changes nothing.
+   */
   messageDelete(msgid: Msgid, check?: OwnerCheck): Promise<{ deleted: boolean }>;
 
   /**
@@ -71,7 +88,8 @@ export interface QueueStore {
   /**
    * Adds an envelope to an incoming or a committed message (smtpd adds
    * bounces to committed ones). The same evpid with the same bytes again is
-   * `{ created: false }`; with other bytes, a conflict.
+   * `{ created: false }`; with other bytes, a conflict. Refused
+   * (`rolled_back`) after messageDelete of its message.
    */
   envelopeCreate(envelope: Envelope, check?: OwnerCheck): Promise<{ created: boolean }>;
 
@@ -85,8 +103,15 @@ export interface QueueStore {
   /** The envelope's bytes exactly as stored. */
   envelopeLoad(evpid: Evpid, check?: OwnerCheck): Promise<Buffer>;
 
-  /** Replaces an existing envelope's bytes. */
-  envelopeUpdate(envelope: Envelope, check?: OwnerCheck): Promise<void>;
+  /**
+   * Replaces an existing envelope's bytes. With a `version`, a late update
+   * never overwrites a newer one: an update whose version is lower than the
+   * one stored is refused (conflict, reason `stale`) and changes nothing; the
+   * same version again with the same bytes succeeds (a retry), with other
+   * bytes it is stale. Without a version the update is unconditional and
+   * keeps the stored version.
+   */
+  envelopeUpdate(envelope: EnvelopeUpdate, check?: OwnerCheck): Promise<void>;
 
   /**
    * Pages through the envelopes of queued messages (of `owner` if given), in
@@ -96,7 +121,10 @@ export interface QueueStore {
    */
   envelopeWalk(page?: PageRequest & { owner?: string }): Promise<Page<Envelope>>;
 
-  /** Deletes `owner`'s incoming messages except `keep`; returns how many. */
+  /**
+   * Deletes `owner`'s incoming messages except `keep`, leaving a tombstone for
+   * each as messageDelete does; returns how many.
+   */
   messagePurge(owner: string, keep?: Msgid[]): Promise<number>;
 
   /**
@@ -137,6 +165,12 @@ export interface Limits {
   maxMessageBytes: number;
   /** Largest envelope accepted. */
   maxEnvelopeBytes: number;
+  /**
+   * How long a deleted msgid stays fenced by its tombstone. It must outlast
+   * any request that can still be on its way (client and storage deadlines,
+   * a function's timeout), by far.
+   */
+  tombstoneMs: number;
 }
 
 export const DEFAULT_LIMITS: Limits = {
@@ -144,11 +178,21 @@ export const DEFAULT_LIMITS: Limits = {
   maxMessageBytes: 36 * 1024 * 1024,
   // smtpd keeps an envelope in a buffer of sizeof(struct envelope), about 7.5 KB
   maxEnvelopeBytes: 8192,
+  tombstoneMs: 24 * 3600 * 1000,
 };
 
 export interface Envelope {
   evpid: Evpid;
   data: Buffer;
+}
+
+export interface EnvelopeUpdate extends Envelope {
+  /**
+   * Chosen by the caller, increasing with each update it makes (e.g. a
+   * hybrid clock: the time in microseconds, or one more than the last one);
+   * at least 1.
+   */
+  version?: number;
 }
 
 export interface Commit {

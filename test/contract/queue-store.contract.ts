@@ -300,6 +300,122 @@ export function queueStoreContract(driver: ContractDriver): void {
     });
   });
 
+  describe('a rollback is final', () => {
+    /** Nothing of the message can be read, walked or loaded. */
+    async function expectGone(msgid: Msgid, envelopes: Envelope[]) {
+      await expectError(store.messageWalk(msgid), 'not_found');
+      await expectError(store.messageRead(msgid), 'not_found');
+      for (const e of envelopes) await expectError(store.envelopeLoad(e.evpid), 'not_found');
+      expect(evpids(await walkAll(store)).filter((evpid) => msgidOf(evpid) === msgid)).toEqual([]);
+    }
+
+    test('messageCommit after messageDelete of the incoming message is refused and nothing becomes visible', async () => {
+      const msgid = randomMsgid();
+      const envelopes = [envelope(msgid)];
+      await store.messageCreate([msgid], OWNER);
+      expect(await store.messageDelete(msgid, { owner: OWNER })).toEqual({ deleted: true });
+      await expectError(store.messageCommit(commitOf(msgid, Buffer.from('late'), envelopes)), 'conflict', 'rolled_back');
+      await expectGone(msgid, envelopes);
+    });
+
+    test('messageWrite and the commit of parts after messageDelete are refused and write nothing', async () => {
+      const msgid = randomMsgid();
+      const envelopes = [envelope(msgid)];
+      const body = randomBytes(CHUNK_BYTES + 10);
+      await store.messageCreate([msgid], OWNER);
+      await store.messageWrite(msgid, 0, body, OWNER);
+      await store.messageDelete(msgid, { owner: OWNER });
+      await expectError(store.messageWrite(msgid, 0, body, OWNER), 'conflict', 'rolled_back');
+      const { body: _inline, ...commit } = commitOf(msgid, body, envelopes);
+      await expectError(store.messageCommit(commit), 'conflict', 'rolled_back');
+      await expectGone(msgid, envelopes);
+    });
+
+    test('a commit that landed before messageDelete is deleted with it, and a late repeat of it is refused', async () => {
+      const msgid = randomMsgid();
+      const envelopes = [envelope(msgid), envelope(msgid, 'b@example.test')];
+      const commit = commitOf(msgid, Buffer.from('body'), envelopes);
+      await store.messageCreate([msgid], OWNER);
+      expect(await store.messageCommit(commit)).toEqual({ created: true });
+      expect(await store.messageDelete(msgid, { owner: OWNER })).toEqual({ deleted: true });
+      await expectError(store.messageCommit(commit), 'conflict', 'rolled_back');
+      await expectGone(msgid, envelopes);
+    });
+
+    test('envelopeCreate and messageCreate after messageDelete are refused and write nothing', async () => {
+      const msgid = randomMsgid();
+      const e = envelope(msgid);
+      await store.messageCreate([msgid], OWNER);
+      await store.messageDelete(msgid, { owner: OWNER });
+      await expectError(store.envelopeCreate(e, { owner: OWNER }), 'conflict', 'rolled_back');
+      const free = randomMsgid();
+      const err = await expectError(store.messageCreate([free, msgid], OWNER), 'conflict');
+      expect(err.details).toMatchObject({ taken: [msgid], rolledBack: [msgid] });
+      await expectError(store.messageWalk(free), 'not_found');
+      await expectGone(msgid, [e]);
+    });
+
+    test('messageDelete again answers deleted: false, and the message stays rolled back', async () => {
+      const msgid = randomMsgid();
+      await store.messageCreate([msgid], OWNER);
+      expect(await store.messageDelete(msgid, { owner: OWNER })).toEqual({ deleted: true });
+      expect(await store.messageDelete(msgid, { owner: OWNER })).toEqual({ deleted: false });
+      expect(await store.messageDelete(msgid)).toEqual({ deleted: false });
+      await expectError(store.messageCommit(commitOf(msgid, Buffer.from('late'), [envelope(msgid)])), 'conflict', 'rolled_back');
+    });
+
+    test('messageDelete of a msgid that was never reserved fences it too', async () => {
+      const msgid = randomMsgid();
+      const envelopes = [envelope(msgid)];
+      expect(await store.messageDelete(msgid, { owner: OWNER })).toEqual({ deleted: false });
+      await expectError(store.messageCommit(commitOf(msgid, Buffer.from('late'), envelopes)), 'conflict', 'rolled_back');
+      await expectGone(msgid, envelopes);
+    });
+
+    test('messagePurge fences the msgids it purges', async () => {
+      const msgid = randomMsgid();
+      const envelopes = [envelope(msgid)];
+      await store.messageCreate([msgid], OWNER);
+      expect(await store.messagePurge(OWNER)).toBe(1);
+      await expectError(store.messageCommit(commitOf(msgid, Buffer.from('late'), envelopes)), 'conflict', 'rolled_back');
+      await expectGone(msgid, envelopes);
+    });
+
+    test('messageCommit racing messageDelete: once both have answered, the message is gone and a late commit is refused', async () => {
+      for (let round = 0; round < 3; round++) {
+        const msgid = randomMsgid();
+        const envelopes = [envelope(msgid)];
+        const commit = commitOf(msgid, Buffer.from('body'), envelopes);
+        await store.messageCreate([msgid], OWNER);
+        const [committed, deleted] = await Promise.allSettled([store.messageCommit(commit), store.messageDelete(msgid, { owner: OWNER })]);
+        expect(deleted).toEqual({ status: 'fulfilled', value: { deleted: true } });
+        if (committed.status === 'rejected') {
+          expect(committed.reason).toMatchObject({ code: 'conflict', details: { reason: 'rolled_back' } });
+        }
+        await expectGone(msgid, envelopes);
+        await expectError(store.messageCommit(commit), 'conflict', 'rolled_back');
+      }
+    });
+
+    test('once its tombstone has expired, a msgid may be reserved and committed again', async () => {
+      const tombstoneMs = 1000;
+      const short = await storeWith({ ...DEFAULT_LIMITS, tombstoneMs });
+      const [reserved, unreserved] = [randomMsgid(), randomMsgid()];
+      await short.messageCreate([reserved], OWNER);
+      await short.messageDelete(reserved, { owner: OWNER });
+      await short.messageDelete(unreserved, { owner: OWNER });
+      await expectError(short.messageCreate([reserved], OWNER), 'conflict');
+      await new Promise((resolve) => setTimeout(resolve, tombstoneMs + 200));
+      await short.messageCreate([reserved], OWNER);
+      for (const msgid of [reserved, unreserved]) {
+        const envelopes = [envelope(msgid)];
+        expect(await short.messageCommit(commitOf(msgid, Buffer.from('again'), envelopes))).toEqual({ created: true });
+        expect(evpids((await short.messageWalk(msgid)).items)).toEqual(evpids(envelopes));
+        expect((await short.messageRead(msgid)).data.toString()).toBe('again');
+      }
+    });
+  });
+
   describe('messageRead', () => {
     test('returns the byte range asked for, across chunks', async () => {
       const body = randomBytes(2 * CHUNK_BYTES + 100);
@@ -438,6 +554,47 @@ export function queueStoreContract(driver: ContractDriver): void {
     test("of another owner's envelope is refused", async () => {
       const { envelopes } = await queued(1);
       await expectError(store.envelopeUpdate({ ...envelopes[0], data: Buffer.from('x') }, { owner: OTHER }), 'conflict', 'not_owner');
+      expect((await store.envelopeLoad(envelopes[0].evpid)).equals(envelopes[0].data)).toBe(true);
+    });
+
+    test('a late envelopeUpdate with an older version does not overwrite a newer one', async () => {
+      const { envelopes } = await queued(1);
+      const { evpid } = envelopes[0];
+      const older = { evpid, data: Buffer.from('version: 3\nretry: 1\n'), version: 1000 };
+      const newer = { evpid, data: Buffer.from('version: 3\nretry: 2\n'), version: 2000 };
+      await store.envelopeUpdate(older, { owner: OWNER });
+      await store.envelopeUpdate(newer, { owner: OWNER });
+      const err = await expectError(store.envelopeUpdate(older, { owner: OWNER }), 'conflict', 'stale');
+      expect(err.details.storedVersion).toBe(2000);
+      expect((await store.envelopeLoad(evpid)).equals(newer.data)).toBe(true);
+    });
+
+    test('repeating the same envelopeUpdate succeeds; the same version with other bytes is stale', async () => {
+      const { envelopes } = await queued(1);
+      const { evpid } = envelopes[0];
+      const update = { evpid, data: Buffer.from('version: 3\nretry: 1\n'), version: 5000 };
+      await store.envelopeUpdate(update, { owner: OWNER });
+      await store.envelopeUpdate(update, { owner: OWNER });
+      expect((await store.envelopeLoad(evpid)).equals(update.data)).toBe(true);
+      await expectError(store.envelopeUpdate({ ...update, data: Buffer.from('version: 3\nother\n') }, { owner: OWNER }), 'conflict', 'stale');
+      expect((await store.envelopeLoad(evpid)).equals(update.data)).toBe(true);
+    });
+
+    test('an update without a version keeps the stored one: an older versioned update after it is still stale', async () => {
+      const { envelopes } = await queued(1);
+      const { evpid } = envelopes[0];
+      await store.envelopeUpdate({ evpid, data: Buffer.from('version: 3\nretry: 2\n'), version: 2000 }, { owner: OWNER });
+      const unversioned = { evpid, data: Buffer.from('version: 3\nretry: 3\n') };
+      await store.envelopeUpdate(unversioned, { owner: OWNER });
+      await expectError(store.envelopeUpdate({ evpid, data: Buffer.from('version: 3\nretry: 1\n'), version: 1000 }), 'conflict', 'stale');
+      expect((await store.envelopeLoad(evpid)).equals(unversioned.data)).toBe(true);
+    });
+
+    test('a version below 1 or not whole is bad input and changes nothing', async () => {
+      const { envelopes } = await queued(1);
+      for (const version of [0, -1, 1.5]) {
+        await expectError(store.envelopeUpdate({ ...envelopes[0], data: Buffer.from('x'), version }), 'bad_request');
+      }
       expect((await store.envelopeLoad(envelopes[0].evpid)).equals(envelopes[0].data)).toBe(true);
     });
   });
@@ -632,6 +789,16 @@ export function queueStoreContract(driver: ContractDriver): void {
       await expectError(store.envelopeDelete(e.evpid, { owner: OWNER }), 'conflict', 'not_owner');
       await expectError(store.messageRead(msgid, { owner: OWNER }), 'conflict', 'not_owner');
       expect((await store.envelopeLoad(e.evpid, { owner: OTHER })).equals(e.data)).toBe(true);
+    });
+
+    test('takeover fences the uncommitted messages it purges', async () => {
+      await store.instanceHeartbeat(OWNER, LEASE);
+      const incoming = randomMsgid();
+      await store.messageCreate([incoming], OWNER);
+      await lapse();
+      expect((await store.queueTakeover(OTHER)).purged).toBe(1);
+      await expectError(store.messageCommit(commitOf(incoming, Buffer.from('late'), [envelope(incoming)])), 'conflict', 'rolled_back');
+      await expectError(store.messageWalk(incoming), 'not_found');
     });
 
     test('nothing is taken from a live instance, or from an owner that never sent a heartbeat', async () => {

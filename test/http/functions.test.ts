@@ -4,6 +4,7 @@ import { randomEvpid, randomMsgid } from '../../lib/ids';
 import { sha256hex } from '../../lib/rules';
 import { DEFAULT_LIMITS, type QueueStore } from '../../lib/store';
 import { DatastoreQueueStore } from '../../lib/store-datastore';
+import { MemoryQueueStore } from '../../lib/store-memory';
 import { freePort } from '../../dev/emulator';
 import { TEST_TOKEN, startService } from '../support/service';
 
@@ -194,6 +195,9 @@ describe('the queue functions over HTTP', () => {
       ['a part over the request limit', 413, 'messageWrite', { query: { msgid: m, offset: '0' }, raw: Buffer.alloc(8_000_001), type: 'application/octet-stream' }],
       ['a part at an odd offset', 400, 'messageWrite', { query: { msgid: m, offset: '17' }, raw: 'x', type: 'application/octet-stream' }],
       ['a page limit of zero', 400, 'envelopeWalk', { query: { limit: '0' } }],
+      ['an update version of zero', 400, 'envelopeUpdate', { json: { evpid: m + '00000001', data: 'eA==', version: 0 } }],
+      ['an update version that is not whole', 400, 'envelopeUpdate', { json: { evpid: m + '00000001', data: 'eA==', version: 1.5 } }],
+      ['an update version as a string', 400, 'envelopeUpdate', { json: { evpid: m + '00000001', data: 'eA==', version: '7' } }],
       ['a cursor not handed out', 400, 'envelopeWalk', { query: { cursor: 'bm9wZQ' } }],
     ];
     test.each(cases)('%s → %i', async (_name, status, fn, a) => {
@@ -229,6 +233,33 @@ describe('the queue functions over HTTP', () => {
       const other = Buffer.from('other');
       const commit = { msgid, owner: 'mx1', size: other.length, sha256: sha256hex(other), body: other.toString('base64') };
       expect((await ask(service, 'messageCommit', { json: commit })).status).toBe(409);
+    });
+
+    test('a commit after messageDelete is 409 rolled_back and writes nothing', async () => {
+      const msgid = randomMsgid();
+      const evpid = randomEvpid(msgid);
+      expect((await ask(service, 'messageCreate', { json: { msgids: [msgid], owner: 'mx1' } })).status).toBe(201);
+      expect(await ask(service, 'messageDelete', { json: { msgid, owner: 'mx1' } })).toMatchObject({ status: 200, json: { deleted: true } });
+      const body = Buffer.from('late');
+      const late = await ask(service, 'messageCommit', {
+        json: { msgid, owner: 'mx1', size: body.length, sha256: sha256hex(body), body: body.toString('base64'), envelopes: [{ evpid, data: 'ZQ==' }] },
+      });
+      expect(late).toMatchObject({ status: 409, json: { error: { code: 'conflict', reason: 'rolled_back', msgid } } });
+      expect(await exists(msgid)).toBe(false);
+      const write = await ask(service, 'messageWrite', { query: { msgid, offset: '0', owner: 'mx1' }, raw: body, type: 'application/octet-stream' });
+      expect(write).toMatchObject({ status: 409, json: { error: { reason: 'rolled_back' } } });
+      expect((await ask(service, 'messageCreate', { json: { msgids: [msgid], owner: 'mx1' } })).json).toMatchObject({
+        error: { code: 'conflict', taken: [msgid], rolledBack: [msgid] },
+      });
+    });
+
+    test('an envelope update older than the stored one is 409 stale and changes nothing', async () => {
+      const { evpid } = await queued();
+      const newer = Buffer.from('newer').toString('base64');
+      expect((await ask(service, 'envelopeUpdate', { json: { evpid, data: newer, version: 2000, owner: 'mx1' } })).status).toBe(200);
+      const late = await ask(service, 'envelopeUpdate', { json: { evpid, data: Buffer.from('older').toString('base64'), version: 1000, owner: 'mx1' } });
+      expect(late).toMatchObject({ status: 409, json: { error: { code: 'conflict', reason: 'stale', storedVersion: 2000 } } });
+      expect((await ask(service, 'envelopeLoad', { query: { evpid } })).json).toMatchObject({ data: newer });
     });
 
     test('a range past the end is 416; a malformed one 400', async () => {
@@ -269,6 +300,34 @@ describe('the queue functions over HTTP', () => {
       expect(await exists(msgid)).toBe(false);
       await twice('messagePurge', { json: { owner: 'mx1' } }, [200, 200]);
     });
+  });
+});
+
+describe("the client's envelope update versions", () => {
+  test('keep increasing while the wall clock stands still or steps back, so every update applies in order', async () => {
+    const service = await startService({ store: new MemoryQueueStore() });
+    const client = service.client();
+    const clock = jest.spyOn(Date, 'now');
+    try {
+      const msgid = randomMsgid();
+      const evpid = randomEvpid(msgid);
+      const body = Buffer.from('body');
+      await service.store.messageCommit({ msgid, owner: 'mx1', size: body.length, sha256: sha256hex(body), body, envelopes: [{ evpid, data: envelopeText }] });
+      const now = Date.now();
+      const update = (n: number) => client.envelopeUpdate({ evpid, data: Buffer.from(`retry: ${n}`) }, { owner: 'mx1' });
+      clock.mockReturnValue(now);
+      await update(1);
+      await update(2);
+      clock.mockReturnValue(now - 60_000);
+      await update(3);
+      clock.mockRestore();
+      await update(4);
+      expect((await service.store.envelopeLoad(evpid)).toString()).toBe('retry: 4');
+    } finally {
+      clock.mockRestore();
+      await client.close();
+      await service.stop();
+    }
   });
 });
 
