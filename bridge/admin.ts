@@ -1,5 +1,4 @@
-import { execFile } from 'node:child_process';
-import { parseArgs, promisify } from 'node:util';
+import { parseArgs } from 'node:util';
 import { isMsgid } from '../lib/ids';
 import type { Envelope } from '../lib/store';
 import { HttpQueueStore } from './client';
@@ -13,15 +12,15 @@ import { loadBridgeConfig } from './config';
  *   queue-rest status ARG                 instances with their leases, messages by owner and state
  *   queue-rest list ARG [--owner ID]      the queued messages (of an owner) and their envelopes
  *   queue-rest show ARG MSGID             a message and its envelopes
- *   queue-rest takeover ARG [options]     claim the messages of dead instances for a running
- *                                         smtpd and feed them to it with `smtpctl discover EVPID`
+ *   queue-rest takeover ARG [options]     claim the messages of dead instances for a live
+ *                                         instance, whose bridge hands them to its smtpd
  */
 export const ADMIN_COMMANDS = ['status', 'list', 'show', 'takeover'] as const;
 
 const USAGE = `usage: queue-rest status URL|CONFIG [--json]
        queue-rest list URL|CONFIG [--owner ID] [--json]
        queue-rest show URL|CONFIG MSGID [--json]
-       queue-rest takeover URL|CONFIG [--instance ID] [--from ID,...] [--smtpctl COMMAND] [--dry-run] [--json]`;
+       queue-rest takeover URL|CONFIG [--instance ID] [--from ID,...] [--dry-run] [--json]`;
 
 export async function admin(argv: string[]): Promise<number> {
   const { values, positionals } = parseArgs({
@@ -31,7 +30,6 @@ export async function admin(argv: string[]): Promise<number> {
       instance: { type: 'string' },
       owner: { type: 'string' },
       from: { type: 'string' },
-      smtpctl: { type: 'string', default: 'smtpctl' },
       'dry-run': { type: 'boolean', default: false },
       json: { type: 'boolean', default: false },
     },
@@ -89,7 +87,7 @@ export async function admin(argv: string[]): Promise<number> {
       );
       return 0;
     }
-    if (command === 'takeover') return await takeover(store, values.instance ?? config.instance, values.from?.split(','), values.smtpctl, values['dry-run'], print);
+    if (command === 'takeover') return await takeover(store, values.instance ?? config.instance, values.from?.split(','), values['dry-run'], print);
     process.stderr.write(`${USAGE}\n`);
     return 2;
   } finally {
@@ -98,45 +96,34 @@ export async function admin(argv: string[]): Promise<number> {
 }
 
 /**
- * Claims the orphans for a running instance and tells its smtpd about each
- * envelope: `smtpctl discover EVPID` makes smtpd load and schedule it. Only
- * once that smtpd has finished its start-up walk, which would otherwise hand
- * out the same envelopes a second time (smtpd exits on a duplicate).
+ * Claims the orphans for a live instance. Its bridge learns from its next
+ * heartbeat (within a quarter lease) that it owns mail its smtpd does not
+ * know, and hands each envelope to its smtpd (bridge/reconcile.ts). The
+ * command itself runs no smtpctl: two processes discovering the same
+ * envelope would make smtpd exit.
  */
 async function takeover(
   store: HttpQueueStore,
   instance: string,
   from: string[] | undefined,
-  smtpctl: string,
   dryRun: boolean,
   print: (json: unknown, text: () => string) => void,
 ): Promise<number> {
   const target = (await store.instanceList()).find((i) => i.instance === instance);
-  if (!target?.alive || !target.walkDone) {
-    process.stderr.write(`takeover: ${instance} is not a live instance whose smtpd has loaded its queue; start it first\n`);
+  if (!target?.alive) {
+    process.stderr.write(`takeover: ${instance} is not a live instance: start it first\n`);
     return 1;
   }
-  const [command, ...prefix] = smtpctl.split(' ').filter(Boolean);
-  const discovered: string[] = [];
-  const failed: string[] = [];
+  const claimed: string[] = [];
   let purged = 0;
-  for (let more = true; more; ) {
-    if (dryRun) break;
+  for (let more = !dryRun; more; ) {
     const page = await store.queueTakeover(instance, { from, limit: 200 });
     purged += page.purged;
     more = page.more;
-    for (const evpid of page.claimed.flatMap((c) => c.evpids)) {
-      try {
-        await promisify(execFile)(command, [...prefix, 'discover', evpid], { timeout: 30_000 });
-        discovered.push(evpid);
-      } catch (err) {
-        failed.push(evpid);
-        process.stderr.write(`takeover: smtpctl discover ${evpid} failed: ${(err as Error).message}\n`);
-      }
-    }
+    claimed.push(...page.claimed.flatMap((c) => c.evpids));
   }
-  print({ instance, discovered, failed, purged }, () => `${instance}: ${discovered.length} envelopes taken over and fed to smtpd, ${failed.length} failed, ${purged} uncommitted messages purged\n`);
-  return failed.length > 0 ? 1 : 0;
+  print({ instance, claimed, purged }, () => `${instance}: ${claimed.length} envelopes taken over (its bridge hands them to its smtpd), ${purged} uncommitted messages purged\n`);
+  return 0;
 }
 
 function printable(data: Buffer): string {

@@ -97,6 +97,8 @@ export class Backend implements QueueBackend {
   /** Envelopes smtpd has through this bridge: it must never be handed one of them again. */
   private readonly smtpdHas = new Set<Evpid>();
   private readonly reconciler?: Reconciler;
+  /** Messages claimed for this instance so far, as its last heartbeat said. */
+  private claimsSeen?: number;
   private closed = false;
 
   constructor(options: BackendOptions) {
@@ -113,7 +115,18 @@ export class Backend implements QueueBackend {
     const max = options.cacheBytes ?? 64 * 1024 * 1024;
     this.bodies = new LRUCache({ maxSize: Math.max(max, 1), sizeCalculation: (body) => Math.max(body.length, 1), maxEntrySize: Math.max(max / 4, 1) });
     // bodies kept while the lease was sure may belong to another instance by the time it is sure again
-    this.lease = new Lease(this.store, this.owner, options.leaseMs ?? 60_000, this.log, () => this.bodies.clear());
+    this.lease = new Lease(
+      this.store,
+      this.owner,
+      options.leaseMs ?? 60_000,
+      this.log,
+      () => this.bodies.clear(),
+      (info) => {
+        // a takeover (this bridge's, or `queue-rest takeover` for this instance) gave it mail its smtpd does not know
+        if (this.claimsSeen !== undefined && info.claims !== this.claimsSeen) this.reconcile();
+        this.claimsSeen = info.claims;
+      },
+    );
     this.copy = new EnvelopeCopy(options.envelopeMemoryBytes ?? 32 * 1024 * 1024, options.tmpDir, this.log);
     if (options.discoverer) {
       this.reconciler = new Reconciler({

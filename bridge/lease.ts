@@ -1,5 +1,5 @@
 import type { Logger } from '../lib/log';
-import type { QueueStore } from '../lib/store';
+import type { InstanceInfo, QueueStore } from '../lib/store';
 
 /**
  * This instance's lease on its messages (docs/pool.md). It is renewed every
@@ -24,6 +24,8 @@ export class Lease {
     private readonly log: Logger,
     /** Called when the lease stops being sure, e.g. to drop cached bodies. */
     private readonly onLapse: () => void,
+    /** Called with what each renewal answers (claims made for this instance, for one). */
+    private readonly onRenewed: (info: InstanceInfo) => void = () => undefined,
   ) {}
 
   start(): void {
@@ -38,8 +40,9 @@ export class Lease {
   async renew(): Promise<boolean> {
     const sentAt = performance.now();
     try {
-      await this.store.instanceHeartbeat(this.instance, this.leaseMs, { walkDone: this.walkDone, startedAt: this.startedAt });
+      const info = await this.store.instanceHeartbeat(this.instance, this.leaseMs, { walkDone: this.walkDone, startedAt: this.startedAt });
       this.renewedAt = Math.max(this.renewedAt, sentAt);
+      this.onRenewed(info);
       if (!this.held) this.log.info({ leaseMs: this.leaseMs }, `lease of ${this.instance} held`);
       this.held = true;
       return true;

@@ -71,6 +71,7 @@ export const toInstanceJson = (i: InstanceInfo) => ({
   startedAt: i.startedAt.toISOString(),
   walkDone: i.walkDone,
   alive: i.alive,
+  claims: i.claims,
 });
 
 const IsoDate = z.iso.datetime().transform((s) => new Date(s));
@@ -82,6 +83,7 @@ export const InstanceJson = z.object({
   startedAt: IsoDate,
   walkDone: z.boolean(),
   alive: z.boolean(),
+  claims: z.number().int().min(0).default(0),
 });
 
 export const Sha256 = z.string().regex(/^[0-9a-f]{64}$/, 'sha256 must be 64 lowercase hex digits');

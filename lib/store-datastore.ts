@@ -380,14 +380,18 @@ export class DatastoreQueueStore implements QueueStore {
     } catch (err) {
       throw storageError(err);
     }
+    const claims = (await this.lookup(this.ds, [this.claimsKey(instance)])).get(this.claimsKey(instance));
     await this.sweepTombstones();
-    return toInstance(instance, data, now.getTime());
+    return toInstance(instance, data, now.getTime(), claims);
   }
 
   async instanceList(): Promise<InstanceInfo[]> {
-    const rows = await this.query(this.ds, this.ds.createQuery('Instance'));
+    const [rows, claims] = await Promise.all([this.query(this.ds, this.ds.createQuery('Instance')), this.query(this.ds, this.ds.createQuery('Claims'))]);
+    const claimsOf = new Map(claims.map((row) => [row[Datastore.KEY].name!, row]));
     const now = Date.now();
-    return rows.map((row) => toInstance(row[Datastore.KEY].name!, row, now)).sort((a, b) => a.instance.localeCompare(b.instance));
+    return rows
+      .map((row) => toInstance(row[Datastore.KEY].name!, row, now, claimsOf.get(row[Datastore.KEY].name!)))
+      .sort((a, b) => a.instance.localeCompare(b.instance));
   }
 
   async queueTakeover(claimant: string, options: { from?: string[]; limit?: number } = {}): Promise<Takeover> {
@@ -434,7 +438,7 @@ export class DatastoreQueueStore implements QueueStore {
   /** Moves messages from a dead owner to `claimant` in one transaction; answers those it moved. */
   private async claim(msgids: Msgid[], from: string, claimant: string): Promise<Msgid[]> {
     return this.transaction(async (tx) => {
-      const found = await this.lookup(tx, [this.instanceKey(from), ...msgids.map((m) => this.messageKey(m))]);
+      const found = await this.lookup(tx, [this.instanceKey(from), this.claimsKey(claimant), ...msgids.map((m) => this.messageKey(m))]);
       const instance = found.get(this.instanceKey(from));
       if (!instance || (instance.leaseUntil as Date).getTime() >= Date.now()) return [];
       const claimedAt = new Date();
@@ -445,6 +449,8 @@ export class DatastoreQueueStore implements QueueStore {
         tx.update(this.entity(this.messageKey(msgid), { ...stripKey(row), owner: claimant, claimedAt }));
         moved.push(msgid);
       }
+      // the claimant's bridge learns from its heartbeat that it has mail its smtpd does not know
+      if (moved.length > 0) tx.upsert(this.entity(this.claimsKey(claimant), { count: claimCount(found.get(this.claimsKey(claimant))) + moved.length }));
       return moved;
     });
   }
@@ -757,6 +763,11 @@ export class DatastoreQueueStore implements QueueStore {
     return this.ds.key(['Instance', instance]);
   }
 
+  /** How many messages have been claimed for an instance, ever: apart from Instance, which heartbeats overwrite blindly. */
+  private claimsKey(instance: string): Key {
+    return this.ds.key(['Claims', instance]);
+  }
+
   private messageKey(msgid: Msgid): Key {
     return this.ds.key(['Message', msgid]);
   }
@@ -801,7 +812,7 @@ function toInfo(msgid: Msgid, row: Props): MessageInfo {
   };
 }
 
-function toInstance(instance: string, row: Props, now: number): InstanceInfo {
+function toInstance(instance: string, row: Props, now: number, claims?: Props): InstanceInfo {
   const leaseUntil = row.leaseUntil as Date;
   return {
     instance,
@@ -810,7 +821,12 @@ function toInstance(instance: string, row: Props, now: number): InstanceInfo {
     startedAt: row.startedAt as Date,
     walkDone: Boolean(row.walkDone),
     alive: leaseUntil.getTime() > now,
+    claims: claimCount(claims),
   };
+}
+
+function claimCount(row: Props | undefined): number {
+  return row ? Number(row.count) : 0;
 }
 
 function isTombstone(row: Props | undefined): boolean {

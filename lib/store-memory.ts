@@ -61,7 +61,9 @@ export class MemoryQueueStore implements QueueStore {
   private readonly messages = new Map<Msgid, StoredMessage>();
   /** Deleted msgids, until when they stay fenced. */
   private readonly tombstones = new Map<Msgid, number>();
-  private readonly instances = new Map<string, Omit<InstanceInfo, 'alive'>>();
+  private readonly instances = new Map<string, Omit<InstanceInfo, 'alive' | 'claims'>>();
+  /** Messages claimed for each instance, ever. */
+  private readonly claims = new Map<string, number>();
 
   constructor(readonly limits: Limits = DEFAULT_LIMITS) {}
 
@@ -262,12 +264,14 @@ export class MemoryQueueStore implements QueueStore {
     };
     this.instances.set(instance, record);
     this.sweepTombstones();
-    return { ...record, alive: true };
+    return { ...record, alive: true, claims: this.claims.get(instance) ?? 0 };
   }
 
   async instanceList(): Promise<InstanceInfo[]> {
     const now = Date.now();
-    return [...this.instances.values()].sort((a, b) => a.instance.localeCompare(b.instance)).map((i) => ({ ...i, alive: i.leaseUntil.getTime() > now }));
+    return [...this.instances.values()]
+      .sort((a, b) => a.instance.localeCompare(b.instance))
+      .map((i) => ({ ...i, alive: i.leaseUntil.getTime() > now, claims: this.claims.get(i.instance) ?? 0 }));
   }
 
   async queueTakeover(claimant: string, options: { from?: string[]; limit?: number } = {}): Promise<Takeover> {
@@ -294,6 +298,7 @@ export class MemoryQueueStore implements QueueStore {
         m.info.claimedAt = new Date(now);
       }
     }
+    this.claims.set(claimant, (this.claims.get(claimant) ?? 0) + result.claimed.length);
     return result;
   }
 

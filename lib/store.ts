@@ -261,6 +261,8 @@ export interface InstanceInfo {
   walkDone: boolean;
   /** Whether the lease still holds, by the store's clock. */
   alive: boolean;
+  /** How many messages have been claimed for it by takeovers, ever: when it grows, the instance has mail its smtpd does not know. */
+  claims: number;
 }
 
 export interface Takeover {

@@ -778,6 +778,23 @@ export function queueStoreContract(driver: ContractDriver): void {
       expect(await store.queueTakeover(OTHER)).toEqual({ claimed: [], purged: 0, more: false });
     });
 
+    test("a takeover counts what it claims for the claimant: the claimant's heartbeat and the instance list say how many, ever", async () => {
+      await store.instanceHeartbeat(OWNER, LEASE);
+      await queued(1);
+      await queued(1);
+      await lapse();
+      expect((await store.instanceHeartbeat(OTHER, 60_000)).claims).toBe(0);
+      expect((await store.queueTakeover(OTHER, { limit: 1 })).claimed).toHaveLength(1);
+      expect((await store.instanceHeartbeat(OTHER, 60_000)).claims).toBe(1);
+      expect((await store.queueTakeover(OTHER)).claimed).toHaveLength(1);
+      expect(await store.queueTakeover(OTHER)).toMatchObject({ claimed: [] });
+      expect((await store.instanceHeartbeat(OTHER, 60_000)).claims).toBe(2);
+      expect((await store.instanceList()).map((i) => [i.instance, i.claims])).toEqual([
+        [OWNER, 0],
+        [OTHER, 2],
+      ]);
+    });
+
     test('the former owner is refused afterwards: no load, update, delete or read', async () => {
       await store.instanceHeartbeat(OWNER, LEASE);
       const { msgid, envelopes } = await queued(1);
