@@ -143,7 +143,7 @@ export class Backend implements QueueBackend {
     }
     this.walk = new StartupWalk(() => {
       this.lease.markWalkDone();
-      // what became this instance's while the walk ran, after its snapshot
+      // a round asked for while the walk ran (claims made after its snapshot) runs now
       this.reconciler?.start();
     });
   }

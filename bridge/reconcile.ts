@@ -11,7 +11,8 @@ const RETRY_MS = 10_000;
  * learns its queue once, from the walk at start-up; mail that becomes this
  * instance's later (taken over from a dead instance by this bridge, by
  * `queue-rest takeover`, or while the walk ran) must be handed to it with
- * `smtpctl discover`. A round walks this owner's envelopes in the service
+ * `smtpctl discover`. A round runs when the instance's heartbeat says that
+ * messages were claimed for it. It walks this owner's envelopes in the service
  * and discovers each that smtpd does not have; a round that could not hand
  * over everything is tried again later. Rounds run one at a time, never
  * before smtpd's walk is done (it would be given an envelope twice, and
@@ -37,10 +38,13 @@ export class Reconciler {
     },
   ) {}
 
-  /** smtpd's walk is done: from now on envelopes can be discovered. */
+  /** smtpd's walk is done: from now on envelopes can be discovered, and a round asked for meanwhile runs. */
   start(): void {
     this.ready = true;
-    this.request();
+    if (this.again) {
+      this.again = false;
+      this.request();
+    }
   }
 
   stop(): void {
@@ -50,8 +54,8 @@ export class Reconciler {
 
   /** Asks for a round soon (after the one under way, if any). */
   request(): void {
-    if (!this.ready || this.stopped) return;
-    if (this.running) {
+    if (this.stopped) return;
+    if (!this.ready || this.running) {
       this.again = true;
       return;
     }
@@ -80,6 +84,17 @@ export class Reconciler {
     this.timer.unref();
   }
 
+  private async stillOurs(evpid: Evpid): Promise<boolean> {
+    try {
+      await this.o.store.envelopeLoad(evpid, { owner: this.o.owner });
+      return true;
+    } catch (err) {
+      const code = (err as { code?: string }).code;
+      if (code === 'not_found' || code === 'conflict') return false;
+      throw err;
+    }
+  }
+
   private async round(): Promise<void> {
     let handed = 0;
     let failed = 0;
@@ -89,6 +104,8 @@ export class Reconciler {
       for (const e of page.items) {
         if (this.stopped) return;
         if (this.o.smtpdHas(e.evpid)) continue;
+        // the walk's pages are read as of its start: an envelope delivered since is not to be handed out
+        if (!(await this.stillOurs(e.evpid)) || this.o.smtpdHas(e.evpid)) continue;
         const result = await this.o.discoverer.discover(e.evpid);
         if (result === 'fail') {
           failed++;
