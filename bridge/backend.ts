@@ -240,11 +240,25 @@ export class Backend implements QueueBackend {
       this.unsent.delete(evpid);
       this.smtpdHas.delete(evpid);
     }
-    // smtpd gave up on this message, and a rollback left undone would leave it in the queue: one that
-    // does not land now is retried in the background, after any commit of the message still under way
-    const outcome = await this.writeNowOrBehind(msgid, `rollback of ${msgid}`, () => this.store.messageDelete(msgid, { owner: this.owner }), deadline);
-    if (outcome instanceof Error) this.log.warn({ err: outcome, msgid }, `rollback of ${msgid} refused`);
-    return outcome === 'done';
+    // Sent at once, not after a commit of the message still under way: the service leaves a tombstone
+    // that refuses whatever of the message lands later, so the message is never visible again, not even
+    // for a moment. A rollback that does not land now is retried in the background, on its own.
+    const rollback = () => this.store.messageDelete(msgid, { owner: this.owner });
+    const sent = rollback();
+    try {
+      await this.bounded(sent, deadline, `rollback of ${msgid}`);
+      return true;
+    } catch (err) {
+      if (isFinal(err)) {
+        this.log.warn({ err, msgid }, `rollback of ${msgid} refused`);
+        return false;
+      }
+      this.log.warn({ err, msgid }, `rollback of ${msgid} did not land in time; retrying in the background`);
+      void this.later.add(`rollback ${msgid}`, `rollback of ${msgid}`, async () => {
+        if (!(await succeeded(sent))) await rollback();
+      }, isFinal);
+      return false;
+    }
   }
 
   async messageCommit(msgid: Msgid, fd: number): Promise<boolean> {
