@@ -456,6 +456,7 @@ export class Backend implements QueueBackend {
     } catch (err) {
       if (isGone(err)) {
         this.forget(evpid);
+        this.log.info({ err, evpid }, `update of ${evpid} refused: the envelope is gone or no longer this instance's`);
         return false;
       }
       if (!known || isFinal(err) || !this.copy.set(evpid, data)) throw err;

@@ -52,13 +52,15 @@ export interface ClientOptions {
   /**
    * Once a call has spent its budget on a service that does not answer,
    * later calls fail at once, but for one attempt a second that probes the
-   * service, until it answers again. The bridge sets this: during an outage
+   * service, until it answers again; calls that accept mail get one attempt
+   * each. The bridge sets this: during an outage
    * smtpd's calls must not each hold its queue for a whole budget.
    */
   failFast?: boolean;
 }
 
 const PROBE_MS = 1000;
+const ACCEPT_PATH = new Set<FunctionName>(['messageCreate', 'messageWrite', 'messageCommit']);
 
 /** The size of a messageWrite part, and of a ranged messageFd read. */
 export const PART_BYTES = 8 * CHUNK_BYTES;
@@ -266,7 +268,8 @@ export class HttpQueueStore implements QueueStore {
   private async call(fn: FunctionName, call: Call, accept: number[] = []): Promise<Answer> {
     let deadline = Date.now() + this.budgetMs;
     if (this.outage) {
-      if (Date.now() < this.outage.nextProbe) {
+      // mail being accepted gets its one attempt, so that the first message after an outage is not refused
+      if (Date.now() < this.outage.nextProbe && !ACCEPT_PATH.has(fn)) {
         throw new QueueError('unavailable', `${fn} not sent: the service has not answered since ${this.outage.since.toISOString()}`, { outage: true });
       }
       // this call probes the service: one attempt, no retry
