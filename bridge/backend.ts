@@ -232,7 +232,17 @@ export class Backend implements QueueBackend {
   }
 
   async messageDelete(msgid: Msgid): Promise<boolean> {
-    const deadline = this.deadline();
+    return this.rollBack(msgid, this.deadline());
+  }
+
+  /**
+   * Forgets the message and deletes it in the service. Sent at once, not
+   * after a commit of the message still under way: the service leaves a
+   * tombstone that refuses whatever of the message lands later, so the
+   * message is never visible again, not even for a moment. A rollback that
+   * does not land by the deadline is retried in the background, on its own.
+   */
+  private async rollBack(msgid: Msgid, deadline: number): Promise<boolean> {
     for (const evpid of this.incoming.get(msgid)?.keys() ?? []) this.smtpdHas.delete(evpid);
     this.incoming.delete(msgid);
     this.bodies.delete(msgid);
@@ -240,9 +250,6 @@ export class Backend implements QueueBackend {
       this.unsent.delete(evpid);
       this.smtpdHas.delete(evpid);
     }
-    // Sent at once, not after a commit of the message still under way: the service leaves a tombstone
-    // that refuses whatever of the message lands later, so the message is never visible again, not even
-    // for a moment. A rollback that does not land now is retried in the background, on its own.
     const rollback = () => this.store.messageDelete(msgid, { owner: this.owner });
     const sent = rollback();
     try {
@@ -267,9 +274,16 @@ export class Backend implements QueueBackend {
     const held = this.incoming.get(msgid) ?? new Map<Evpid, Buffer>();
     const envelopes: Envelope[] = [...held].map(([evpid, data]) => ({ evpid, data }));
     for (const e of envelopes) this.walk.exclude(e.evpid);
-    // a commit with no answer by the deadline is answered as failed, and the rollback smtpd then sends waits for it
     const commit = this.store.messageCommit({ msgid, owner: this.owner, size: body.length, sha256: sha256hex(body), body, envelopes });
-    await this.bounded(commit, deadline, `commit of ${msgid}`, msgid);
+    try {
+      await this.bounded(commit, deadline, `commit of ${msgid}`, msgid);
+    } catch (err) {
+      // smtpd sends no MESSAGE_DELETE after a failed commit (it tells its client 4xx, and the client sends
+      // the mail again): the bridge rolls back itself, in the background, so that an attempt still under way
+      // that lands late is refused by the tombstone, and the message is never delivered twice
+      void this.rollBack(msgid, 0);
+      throw err;
+    }
     this.incoming.delete(msgid);
     this.bodies.set(msgid, body);
     for (const e of envelopes) this.copy.set(e.evpid, e.data);

@@ -13,6 +13,7 @@ import { sha256hex } from '../../lib/rules';
 import type { Envelope, QueueStore } from '../../lib/store';
 import { MemoryQueueStore } from '../../lib/store-memory';
 import { FaultyStore } from '../support/faulty-store';
+import { u32, u64 as u64le } from '../support/smtpd-peer';
 
 /**
  * The bridge's Backend in process, as smtpd's calls reach it (through the
@@ -32,17 +33,7 @@ const envelope = (rcpt: string, extra = '') => Buffer.from(`version: 3\ndispatch
 const bounce = (rcpt: string) => envelope(rcpt, 'type: bounce\nbounce-type: failed\n');
 const BODY = Buffer.from('Subject: hello\r\n\r\nHello, world.\r\n');
 
-function u32(n: number): Buffer {
-  const b = Buffer.alloc(4);
-  b.writeUInt32LE(n, 0);
-  return b;
-}
-
-function u64(evpid: Evpid): Buffer {
-  const b = Buffer.alloc(8);
-  b.writeBigUInt64LE(evpidFromHex(evpid), 0);
-  return b;
-}
+const u64 = (evpid: Evpid) => u64le(evpidFromHex(evpid));
 
 /** smtpd's side: each call goes through dispatch, and a failure is answered as main.ts answers it. */
 class Smtpd {
@@ -468,6 +459,19 @@ describe('a rollback is final', () => {
     b.store.release();
     await settled(b);
     expect(b.store.calls('messageCommit')).toBe(1);
+    await expect(b.inner.messageWalk(msgid)).rejects.toMatchObject({ code: 'not_found' });
+    const next = await running(b.inner);
+    expect(next.walked).toEqual([]);
+  });
+
+  test('a commit answered as failed is rolled back by the bridge itself (smtpd sends no MESSAGE_DELETE then): when it lands late, it is refused', async () => {
+    const b = await running();
+    const msgid = (await b.smtpd.messageCreate())!;
+    await b.smtpd.envelopeCreate(msgid, envelope('a@example.test'));
+    b.store.hang('messageCommit');
+    expect(await answered('MESSAGE_COMMIT', b.smtpd.messageCommit(msgid))).toBe(0);
+    b.store.release();
+    await settled(b);
     await expect(b.inner.messageWalk(msgid)).rejects.toMatchObject({ code: 'not_found' });
     const next = await running(b.inner);
     expect(next.walked).toEqual([]);

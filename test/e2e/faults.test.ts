@@ -239,10 +239,15 @@ async function runCell(call: Call, fault: Fault): Promise<Outcome> {
     // once the fault is over, mail is accepted again
     let recovered = true;
     if (call === 'COMMIT' || call === 'COMMIT_PARTS') {
-      const after = await sendAll(smtpd!, [`${tag} after`], () => ['after@relay.test'], bodySize);
-      recovered = after[0].answer === 'accepted';
-      answers.push(...after);
-      subjects.push(`${tag} after`);
+      // as a sender would: again a few seconds later while it gets a 4xx (the storage may still be coming back)
+      recovered = false;
+      for (let attempt = 0; attempt < 5 && !recovered; attempt++) {
+        if (attempt > 0) await sleep(2_000);
+        const after = await sendAll(smtpd!, [`${tag} after ${attempt}`], () => ['after@relay.test'], bodySize);
+        recovered = after[0].answer === 'accepted';
+        answers.push(...after);
+        subjects.push(`${tag} after ${attempt}`);
+      }
     }
 
     // one delivery per envelope: a recipient of a message, or the bounce of a message to its sender
