@@ -9,7 +9,7 @@ import { Discoverer } from './discover';
 import { HttpQueueStore } from './client';
 import { BridgeConfigError, loadBridgeConfig, type BridgeConfig } from './config';
 import { defaultLogTarget, lastWords, openBridgeLog, type BridgeLog } from './logging';
-import { DEFAULT_USER, dropRoot, isRoot, lookUpUser, openOwnedFile, PrivilegeError, type UserIds } from './privileges';
+import { DEFAULT_USER, dropRoot, isRoot, lookUpUser, openOwnedFile, type UserIds } from './privileges';
 import { dispatch, failureReply, PROC, PROC_NAMES, type QueueBackend } from './protocol';
 import { Stats } from './stats';
 
@@ -76,7 +76,6 @@ async function main(): Promise<void> {
       }
     }
     dropRoot(user);
-    if (isRoot()) throw new PrivilegeError('still root');
     log.info({ uid: process.getuid?.(), gid: process.getgid?.() }, `running as ${user.name}`);
     client = new HttpQueueStore({
       baseUrl: config.url,
@@ -107,6 +106,9 @@ async function main(): Promise<void> {
     backend = unavailable((err as Error).message);
     bridge = undefined;
     client = undefined;
+    // a bridge that serves nothing hands nothing to smtpd: its root helper goes
+    discoverer?.close();
+    discoverer = undefined;
     stayUnprivileged(user, log);
   }
 

@@ -1,6 +1,5 @@
 import { copyFileSync, existsSync, mkdirSync, rmSync } from 'node:fs';
 import path from 'node:path';
-import { build } from 'esbuild';
 
 /**
  * Builds queue-rest as one self-contained folder, dist/queue-rest/: the
@@ -19,6 +18,8 @@ export const ADDON = 'uwrap.node';
 export async function bundleBridge(): Promise<void> {
   rmSync(BUNDLE_DIR, { recursive: true, force: true });
   mkdirSync(BUNDLE_DIR, { recursive: true });
+  // loaded here, not at the top: bridge:install imports this file for its paths only
+  const { build } = await import('esbuild');
   await build({
     entryPoints: [path.join(root, 'bridge/main.ts')],
     outfile: path.join(BUNDLE_DIR, BUNDLE_MAIN),

@@ -1,13 +1,13 @@
-import { chmodSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { installBridge, uninstallBridge } from '../../bin/install-bridge';
 import { startEmulator, type Emulator } from '../../dev/emulator';
 import { freePort, readMaildir, sendMail, SmtpError, startSink, stopAllSinks, waitFor, type Sink } from '../../dev/mail';
-import { smtpdPids, startSmtpd, stopAllSmtpd, testUser, type Smtpd } from '../../dev/smtpd';
+import { smtpdPids, startSmtpd, stopAllSmtpd, type Smtpd } from '../../dev/smtpd';
 import { DatastoreQueueStore } from '../../lib/store-datastore';
 import { DEFAULT_LIMITS } from '../../lib/store';
+import { installedBridgeSuite } from '../support/e2e';
 import { startFaultFront, type FrontFault } from '../support/fault-front';
 import { TEST_TOKEN, startService } from '../support/service';
 import { uniqueNamespace } from '../support/stores';
@@ -72,27 +72,14 @@ interface Outcome {
 }
 
 const outcomes: Outcome[] = [];
-let logDir: string;
-
-beforeAll(() => {
-  testUser();
-  installBridge({ name: BACKEND });
-  logDir = mkdtempSync(path.join(tmpdir(), 'queue-faults-'));
-  chmodSync(logDir, 0o755);
-});
-
-afterEach(async () => {
-  await stopAllSinks();
-  await stopAllSmtpd();
-});
+const suite = installedBridgeSuite(BACKEND, 'queue-faults');
 
 afterAll(() => {
-  uninstallBridge(BACKEND);
   if (outcomes.length === 0) return;
   const table = matrixTable(outcomes);
   // eslint-disable-next-line no-console
   console.log(`fault matrix (sent/delivered/duplicates/stranded):\n${table}`);
-  writeFileSync(path.join(logDir, 'matrix.json'), JSON.stringify(outcomes, null, 2));
+  writeFileSync(path.join(suite.logDir(), 'matrix.json'), JSON.stringify(outcomes, null, 2));
   if (process.env.FAULT_MATRIX_DOC) writeFileSync(process.env.FAULT_MATRIX_DOC, table + '\n');
 });
 
@@ -133,7 +120,7 @@ function restSmtpd(name: string, url: string, relayPort: number, extra: Record<s
     env: {
       QUEUE_TOKEN: TEST_TOKEN,
       QUEUE_REST_INSTANCE: name,
-      QUEUE_REST_LOG: path.join(logDir, `${name}.log`),
+      QUEUE_REST_LOG: path.join(suite.logDir(), `${name}.log`),
       QUEUE_REST_TIMEOUT: String(TIMEOUT_MS),
       QUEUE_REST_RETRY_BUDGET: String(BUDGET_MS),
       METADATA_SERVER_DETECTION: 'none',

@@ -1,10 +1,8 @@
-import { chmodSync, mkdtempSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { installBridge, uninstallBridge } from '../../bin/install-bridge';
-import { freePort, openSmtpClient, startSink, stopAllSinks, waitFor, type Sink } from '../../dev/mail';
-import { startSmtpd, stopAllSmtpd, testUser, type Smtpd } from '../../dev/smtpd';
+import { freePort, openSmtpClient, startSink, waitFor, type Sink } from '../../dev/mail';
+import { startSmtpd, type Smtpd } from '../../dev/smtpd';
+import { installedBridgeSuite } from '../support/e2e';
 import { startFaultFront } from '../support/fault-front';
 import { TEST_TOKEN, startService } from '../support/service';
 import { uniqueNamespace } from '../support/stores';
@@ -25,23 +23,7 @@ const MESSAGES = 3;
 const RECIPIENTS = 400;
 const OUTAGE_MS = 60_000;
 
-let logDir: string;
-
-beforeAll(() => {
-  testUser();
-  installBridge({ name: BACKEND });
-  logDir = mkdtempSync(path.join(tmpdir(), 'queue-outage-'));
-  chmodSync(logDir, 0o755);
-});
-
-afterEach(async () => {
-  await stopAllSinks();
-  await stopAllSmtpd();
-});
-
-afterAll(() => {
-  uninstallBridge(BACKEND);
-});
+const suite = installedBridgeSuite(BACKEND, 'queue-outage');
 
 const rcpts = (m: number) => Array.from({ length: RECIPIENTS }, (_, i) => `m${m}r${i}@relay.test`);
 
@@ -106,8 +88,8 @@ test('after a minute of outage with 1,200 deliveries due, every envelope is deli
     const env = {
       QUEUE_TOKEN: TEST_TOKEN,
       QUEUE_REST_INSTANCE: 'mx-outage',
-      QUEUE_REST_LOG: path.join(logDir, 'bridge.log'),
-      QUEUE_REST_STATS_FILE: path.join(logDir, 'stats.json'),
+      QUEUE_REST_LOG: path.join(suite.logDir(), 'bridge.log'),
+      QUEUE_REST_STATS_FILE: path.join(suite.logDir(), 'stats.json'),
       QUEUE_REST_TIMEOUT: '2000',
       QUEUE_REST_RETRY_BUDGET: '5000',
       METADATA_SERVER_DETECTION: 'none',

@@ -1,5 +1,9 @@
-import { bodyOf, readMaildir, sendMail, waitFor } from '../../dev/mail';
-import type { Smtpd } from '../../dev/smtpd';
+import { chmodSync, mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { installBridge, uninstallBridge } from '../../bin/install-bridge';
+import { bodyOf, readMaildir, sendMail, stopAllSinks, waitFor } from '../../dev/mail';
+import { stopAllSmtpd, testUser, type Smtpd } from '../../dev/smtpd';
 
 /** What the end-to-end tests with real smtpd share. */
 
@@ -74,4 +78,27 @@ export async function deliverToOneAndToMany(smtpd: Smtpd): Promise<void> {
     expect(messages[0].toString('latin1')).toContain(`Delivered-To: ${rcpt}`);
     expectSameBytes(bodyOf(messages[0]), body, rcpt);
   }
+}
+
+/**
+ * A suite of real-smtpd tests with the bridge installed as queue-NAME: the
+ * install, a log folder its user can write, and the smtpd and sinks of each
+ * test stopped after it. Answers the log folder (set once beforeAll ran).
+ */
+export function installedBridgeSuite(name: string, logPrefix: string): { logDir(): string } {
+  let logDir = '';
+  beforeAll(() => {
+    testUser();
+    installBridge({ name });
+    logDir = mkdtempSync(path.join(tmpdir(), `${logPrefix}-`));
+    chmodSync(logDir, 0o755);
+  });
+  afterEach(async () => {
+    await stopAllSinks();
+    await stopAllSmtpd();
+  });
+  afterAll(() => {
+    uninstallBridge(name);
+  });
+  return { logDir: () => logDir };
 }
