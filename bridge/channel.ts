@@ -3,6 +3,7 @@ import { USocket } from 'usocket';
 import type { Logger } from '../lib/log';
 import { encodeImsg, ImsgReader, type Imsg, type ImsgLayout } from './imsg';
 import { PROC, failureReply, type Reply } from './protocol';
+import { adoptSocket } from './unix-socket';
 
 /**
  * smtpd's end of the conversation: the unix socket on fd 0. Node cannot pass
@@ -47,7 +48,7 @@ export class SmtpdChannel {
         this.log.error({ err }, 'smtpd socket error');
         end('failed');
       });
-      this.socket.connect({ fd: this.fd });
+      adoptSocket(this.socket, this.fd);
     });
   }
 

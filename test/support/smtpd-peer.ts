@@ -3,8 +3,9 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { UServer, type USocket } from 'usocket';
+import type { USocket } from 'usocket';
 import { encodeImsg, ImsgReader, type Imsg, type ImsgLayout } from '../../bridge/imsg';
+import { listenUnix } from '../../bridge/unix-socket';
 
 /**
  * smtpd's side of the queue socket, played by a test: it starts the built
@@ -48,9 +49,9 @@ export class SmtpdPeer {
   static async start(arg: string | undefined, env: Record<string, string | undefined>, layout: ImsgLayout = '6.8'): Promise<SmtpdPeer> {
     const dir = mkdtempSync(path.join(tmpdir(), 'queue-peer-'));
     const file = path.join(dir, 'queue.sock');
-    const server = new UServer();
-    const accepted = new Promise<USocket>((resolve) => server.on('connection', resolve));
-    await new Promise<void>((resolve) => server.listen(file, () => resolve()));
+    let accept!: (socket: USocket) => void;
+    const accepted = new Promise<USocket>((resolve) => (accept = resolve));
+    const server = await listenUnix(file, (socket) => accept(socket));
     const ours = net.connect(file);
     await new Promise<void>((resolve, reject) => ours.once('connect', resolve).once('error', reject));
     const child = spawn(process.execPath, arg === undefined ? [BRIDGE] : [BRIDGE, arg], {
