@@ -8,10 +8,11 @@ import { CREATE_BATCH_MAX, type Envelope, type QueueStore } from '../lib/store';
 import { BodyFiles, readAllAndClose } from './bodyfile';
 import type { SmtpdDiscover } from './discover';
 import { EnvelopeCopy } from './envelope-copy';
+import type { Pending, WriteJournal } from './journal';
 import { Lease } from './lease';
 import { ENVELOPE_BUFFER, PROC_QUEUE_API_VERSION, type QueueBackend } from './protocol';
 import { Reconciler } from './reconcile';
-import { WriteBehind } from './write-behind';
+import { WriteBehind, type Outcome } from './write-behind';
 
 export interface BackendOptions {
   store: QueueStore;
@@ -40,6 +41,8 @@ export interface BackendOptions {
   writeRetryMs?: number;
   /** Hands mail this instance comes to own to its running smtpd (bridge/reconcile.ts); none: mail is handed over at the next start only. */
   discoverer?: SmtpdDiscover;
+  /** Where writes answered before they landed are kept until they do, and replayed from at start; none: a bridge killed before they land loses them. */
+  journal?: WriteJournal;
 }
 
 const RESERVE_LOW = 4;
@@ -48,6 +51,8 @@ const WALK_WAIT_MS = 50;
 /** Past this many, envelope deletes wait for the service again (within the call's bound) instead of queueing. */
 const WRITE_BEHIND_MAX = 10_000;
 const NO_ENVELOPE = Buffer.alloc(0);
+/** How long the walk waits for the replay of an earlier run's pending writes; deletes are kept out of the walk either way. */
+const REPLAY_WAIT_MS = 60_000;
 
 /**
  * The queue as smtpd sees it, on top of the queue API. What makes it one
@@ -97,6 +102,9 @@ export class Backend implements QueueBackend {
   /** Envelopes smtpd has through this bridge: it must never be handed one of them again. */
   private readonly smtpdHas = new Set<Evpid>();
   private readonly reconciler?: Reconciler;
+  private readonly journal?: WriteJournal;
+  /** Journal entries of updates written behind, per envelope: all are done once the latest bytes land. */
+  private readonly updatesJournaled = new Map<Evpid, (() => void)[]>();
   /** Messages claimed for this instance so far, as its last heartbeat said. */
   private claimsSeen?: number;
   private closed = false;
@@ -128,6 +136,7 @@ export class Backend implements QueueBackend {
       },
     );
     this.copy = new EnvelopeCopy(options.envelopeMemoryBytes ?? 32 * 1024 * 1024, options.tmpDir, this.log);
+    this.journal = options.journal;
     if (options.discoverer) {
       this.reconciler = new Reconciler({
         store: this.store,
@@ -159,6 +168,8 @@ export class Backend implements QueueBackend {
       await this.lease.renew();
       this.lease.start();
       await this.takeOver();
+      // what an earlier run answered smtpd for lands before the walk: no delivered envelope walked again, no bounce missed
+      await within(this.replayJournal(), REPLAY_WAIT_MS);
       // after the takeover, so that what it claimed is this instance's when the walk's snapshot is taken
       this.walk.start(this.store, this.owner, this.log);
       try {
@@ -210,7 +221,10 @@ export class Backend implements QueueBackend {
     this.lease.stop();
     this.reconciler?.stop();
     const left = await this.later.drain(Math.min(this.drainMs, deadline - Date.now()));
-    if (left > 0) this.log.warn({ left }, `${left} background writes were not done; their mail may be delivered again after a restart`);
+    if (left > 0) {
+      const fate = this.journal ? 'the next start replays them from the journal' : 'without a journal, their mail may be delivered again after a restart';
+      this.log.warn({ left }, `${left} background writes were not done; ${fate}`);
+    }
     if (this.reserved.splice(0).length > 0 && Date.now() < deadline) {
       try {
         await this.bounded(this.store.messagePurge(this.owner, [...this.incoming.keys()]), deadline, 'release of reserved msgids');
@@ -243,6 +257,8 @@ export class Backend implements QueueBackend {
    * does not land by the deadline is retried in the background, on its own.
    */
   private async rollBack(msgid: Msgid, deadline: number): Promise<boolean> {
+    // on disk before anything: a bridge killed now still fences off a commit landing late
+    const landed = this.remember({ op: 'rollback', msgid }) ?? (() => undefined);
     for (const evpid of this.incoming.get(msgid)?.keys() ?? []) this.smtpdHas.delete(evpid);
     this.incoming.delete(msgid);
     this.bodies.delete(msgid);
@@ -254,16 +270,18 @@ export class Backend implements QueueBackend {
     const sent = rollback();
     try {
       await this.bounded(sent, deadline, `rollback of ${msgid}`);
+      landed();
       return true;
     } catch (err) {
       if (isFinal(err)) {
+        landed();
         this.log.warn({ err, msgid }, `rollback of ${msgid} refused`);
         return false;
       }
       this.log.warn({ err, msgid }, `rollback of ${msgid} did not land in time; retrying in the background`);
-      void this.later.add(`rollback ${msgid}`, `rollback of ${msgid}`, async () => {
+      this.behind(`rollback ${msgid}`, `rollback of ${msgid}`, async () => {
         if (!(await succeeded(sent))) await rollback();
-      }, isFinal);
+      }, landed);
       return false;
     }
   }
@@ -351,7 +369,12 @@ export class Backend implements QueueBackend {
 
   /** Queues the create of a bounce smtpd is told exists; the copy answers its LOAD until it lands. */
   private createBehind(evpid: Evpid, data: Buffer, sent?: Promise<unknown>): boolean {
-    if (!this.copy.set(evpid, data)) return false;
+    const landed = this.remember({ op: 'create', evpid, data });
+    if (!landed) return false;
+    if (!this.copy.set(evpid, data)) {
+      landed();
+      return false;
+    }
     this.unsent.add(evpid);
     const create = async () => {
       if (!sent || !(await succeeded(sent))) {
@@ -365,7 +388,7 @@ export class Backend implements QueueBackend {
       // an update made since is queued after this and sends the newer bytes
       if (this.copy.get(evpid)?.equals(data)) this.unsent.delete(evpid);
     };
-    void this.later.add(msgidOf(evpid), `create of bounce ${evpid}`, create, isFinal);
+    this.behind(msgidOf(evpid), `create of bounce ${evpid}`, create, landed);
     return true;
   }
 
@@ -388,11 +411,15 @@ export class Backend implements QueueBackend {
       }
     };
     const what = `delete of envelope ${evpid}`;
+    const write: Pending = { op: 'delete', evpid };
     if (this.asyncDelete && !this.closed && this.later.pending < WRITE_BEHIND_MAX) {
-      void this.later.add(msgid, what, remove, isFinal);
-      return true;
+      const landed = this.remember(write);
+      if (landed) {
+        this.behind(msgid, what, remove, landed);
+        return true;
+      }
     }
-    return (await this.writeNowOrBehind(msgid, what, remove, deadline)) === 'done';
+    return (await this.writeNowOrBehind(msgid, what, remove, deadline, write)) === 'done';
   }
 
   /**
@@ -459,8 +486,7 @@ export class Backend implements QueueBackend {
     const known = this.copy.has(evpid);
     // after the writes of the message still pending, or it could land before an older update of the envelope
     if (known && (this.later.busy(msgid) || this.unsent.has(evpid))) {
-      if (!this.copy.set(evpid, data)) throw new Error(`update of ${evpid} not kept: the local copy cannot keep it`);
-      this.updateBehind(evpid);
+      if (!this.updateBehind(evpid, data)) throw new Error(`update of ${evpid} not kept: neither the journal nor the local copy can keep it`);
       return true;
     }
     try {
@@ -473,17 +499,27 @@ export class Backend implements QueueBackend {
         this.log.info({ err, evpid }, `update of ${evpid} refused: the envelope is gone or no longer this instance's`);
         return false;
       }
-      if (!known || isFinal(err) || !this.copy.set(evpid, data)) throw err;
+      if (!known || isFinal(err) || !this.updateBehind(evpid, data)) throw err;
       this.log.warn({ err, evpid }, `update of ${evpid} did not land in time; written behind`);
-      this.updateBehind(evpid);
       return true;
     }
   }
 
-  /** Queues a write of the envelope's bytes in the copy, unless one is queued already; it sends the latest bytes. */
-  private updateBehind(evpid: Evpid): void {
+  /**
+   * Keeps `data` in the journal and the copy, and queues a write of the
+   * copy's bytes unless one is queued already: it sends the latest bytes.
+   * False if they cannot be kept.
+   */
+  private updateBehind(evpid: Evpid, data: Buffer): boolean {
+    const landed = this.remember({ op: 'update', evpid, data });
+    if (!landed) return false;
+    if (!this.copy.set(evpid, data)) {
+      landed();
+      return false;
+    }
+    this.updatesJournaled.set(evpid, [...(this.updatesJournaled.get(evpid) ?? []), landed]);
     this.unsent.add(evpid);
-    if (this.updating.has(evpid)) return;
+    if (this.updating.has(evpid)) return true;
     this.updating.add(evpid);
     const update = async () => {
       for (;;) {
@@ -501,7 +537,13 @@ export class Backend implements QueueBackend {
         }
       }
     };
-    void this.later.add(msgidOf(evpid), `update of ${evpid}`, update, isFinal).finally(() => this.updating.delete(evpid));
+    // the journal's entries for it are done when the job is: it sent the latest bytes, or they are no longer needed
+    const allLanded = () => {
+      for (const landed of this.updatesJournaled.get(evpid) ?? []) landed();
+      this.updatesJournaled.delete(evpid);
+    };
+    this.behind(msgidOf(evpid), `update of ${evpid}`, update, allLanded, () => this.updating.delete(evpid));
+    return true;
   }
 
   async envelopeWalk(): Promise<{ evpid: Evpid; data: Buffer } | 'again' | 'done'> {
@@ -543,12 +585,13 @@ export class Backend implements QueueBackend {
    * after the attempt under way. Answers 'done', 'behind', or the service's
    * refusal.
    */
-  private async writeNowOrBehind(msgid: Msgid, what: string, write: () => Promise<unknown>, deadline: number): Promise<'done' | 'behind' | QueueError> {
+  private async writeNowOrBehind(msgid: Msgid, what: string, write: () => Promise<unknown>, deadline: number, pending: Pending): Promise<'done' | 'behind' | QueueError> {
     const retry = async (after?: Promise<unknown>) => {
       if (!after || !(await succeeded(after))) await write();
     };
+    const retryBehind = (after?: Promise<unknown>) => this.behind(msgid, what, () => retry(after), this.remember(pending) ?? (() => undefined));
     if (this.later.busy(msgid)) {
-      void this.later.add(msgid, what, () => retry(), isFinal);
+      retryBehind();
       return 'behind';
     }
     const sent = write();
@@ -558,9 +601,93 @@ export class Backend implements QueueBackend {
     } catch (err) {
       if (isFinal(err)) return err as QueueError;
       this.log.warn({ err }, `${what} did not land in time; retrying in the background`);
-      void this.later.add(msgid, what, () => retry(sent), isFinal);
+      retryBehind(sent);
       return 'behind';
     }
+  }
+
+  /**
+   * Puts a write smtpd is about to be told is done in the journal; answers
+   * what to call once it has landed, or undefined if the journal cannot
+   * keep it (then smtpd must not be told it is done). Without a journal
+   * there is nothing to keep.
+   */
+  private remember(write: Pending): (() => void) | undefined {
+    const journal = this.journal;
+    if (!journal) return () => undefined;
+    try {
+      const seq = journal.record(write);
+      return () => journal.done(seq);
+    } catch (err) {
+      this.log.error({ err }, `cannot keep a pending write in the journal: ${(err as Error).message}`);
+      return undefined;
+    }
+  }
+
+  /** Queues a write in the background; `landed` once it has, or was refused for good (not when the bridge stopped first). */
+  private behind(key: string, what: string, work: () => Promise<void>, landed: () => void, after?: () => void): void {
+    void this.later.add(key, what, work, isFinal).then((outcome: Outcome) => {
+      after?.();
+      if (outcome !== 'stopped') landed();
+    });
+  }
+
+  /**
+   * Sends what an earlier run answered smtpd for but had not landed when it
+   * stopped, each write once: an envelope deleted is only deleted (and
+   * never walked), a bounce is created and then given its latest bytes.
+   * Resolves once all have landed or were refused for good.
+   */
+  private async replayJournal(): Promise<void> {
+    const leftover = this.journal?.leftover ?? [];
+    if (leftover.length === 0) return;
+    this.log.warn({ writes: leftover.length }, `replaying ${leftover.length} writes an earlier run answered smtpd for but had not landed`);
+    const journal = this.journal!;
+    const byKey = new Map<string, { seqs: number[]; writes: Pending[] }>();
+    for (const { seq, write } of leftover) {
+      const key = write.op === 'rollback' ? `rollback ${write.msgid}` : write.evpid;
+      const group = byKey.get(key) ?? { seqs: [], writes: [] };
+      group.seqs.push(seq);
+      group.writes.push(write);
+      byKey.set(key, group);
+    }
+    const check = { owner: this.owner };
+    const replays = [...byKey].map(([key, { seqs, writes }]) => {
+      const landed = () => seqs.forEach((seq) => journal.done(seq));
+      const first = writes[0];
+      if (first.op === 'rollback') {
+        return this.later.add(key, `replayed ${key}`, async () => void (await this.store.messageDelete(first.msgid, check)), isFinal).then((o) => o !== 'stopped' && landed());
+      }
+      const evpid = first.evpid;
+      const create = writes.find((w) => w.op === 'create');
+      const update = writes.filter((w) => w.op === 'update').at(-1);
+      const deleted = writes.some((w) => w.op === 'delete');
+      if (deleted) {
+        this.deleting.add(evpid);
+        this.walk.exclude(evpid);
+      }
+      const work = async () => {
+        if (deleted) {
+          await this.store.envelopeDelete(evpid, check);
+          this.deleting.delete(evpid);
+          return;
+        }
+        if (create) {
+          try {
+            await this.store.envelopeCreate({ evpid, data: create.data }, check);
+          } catch (err) {
+            // it landed, and an update after it too
+            if (!(err instanceof QueueError && err.code === 'conflict' && err.details.reason === undefined)) throw err;
+          }
+        }
+        if (update) await this.store.envelopeUpdate({ evpid, data: update.data }, check);
+      };
+      return this.later.add(msgidOf(evpid), `replayed write of ${evpid}`, work, isFinal).then((outcome) => {
+        if (deleted && outcome === 'dropped') this.deleting.delete(evpid);
+        if (outcome !== 'stopped') landed();
+      });
+    });
+    await Promise.all(replays);
   }
 
   private forget(evpid: Evpid): void {

@@ -31,6 +31,8 @@ export interface BridgeConfig {
   user?: string;
   statsFile?: string;
   tmpDir: string;
+  /** The folder of the journal of pending writes (bridge/journal.ts), one file per instance. */
+  stateDir: string;
   /** Answer ENVELOPE_DELETE before the service has it (bridge/write-behind.ts). */
   asyncDelete: boolean;
   /** This instance's lease on its messages, in ms (docs/pool.md). */
@@ -53,9 +55,12 @@ const KEYS = [
   'user',
   'stats-file',
   'tmp',
+  'state',
   'async-delete',
   'lease',
 ] as const;
+
+export const DEFAULT_STATE_DIR = '/var/lib/opensmtpd-queue-rest';
 
 const ms = z.coerce.number().int().min(1);
 
@@ -75,6 +80,7 @@ const Settings = z.object({
   user: z.string().optional(),
   'stats-file': z.string().optional(),
   tmp: z.string().default(tmpdir()),
+  state: z.string().default(DEFAULT_STATE_DIR),
   'async-delete': z.enum(['yes', 'no']).default('yes'),
   lease: z.coerce.number().int().min(1000).default(60_000),
 });
@@ -139,6 +145,7 @@ export function loadBridgeConfig(arg: string | undefined, env: NodeJS.ProcessEnv
     user: s.user,
     statsFile: s['stats-file'],
     tmpDir: s.tmp,
+    stateDir: s.state,
     asyncDelete: s['async-delete'] === 'yes',
     leaseMs: s.lease,
   };

@@ -1,4 +1,5 @@
 import { ftruncateSync, writeSync } from 'node:fs';
+import path from 'node:path';
 import { GoogleAuth, type IdTokenClient } from 'google-auth-library';
 import pino from 'pino';
 import { createLogger } from '../lib/log';
@@ -7,6 +8,7 @@ import { Backend } from './backend';
 import { closeQuietly, SmtpdChannel } from './channel';
 import { Discoverer } from './discover';
 import { HttpQueueStore } from './client';
+import { WriteJournal } from './journal';
 import { BridgeConfigError, loadBridgeConfig, type BridgeConfig } from './config';
 import { defaultLogTarget, lastWords, openBridgeLog, type BridgeLog } from './logging';
 import { DEFAULT_USER, dropRoot, isRoot, lookUpUser, openOwnedFile, type UserIds } from './privileges';
@@ -75,6 +77,7 @@ async function main(): Promise<void> {
         log.error({ err }, `no counters file: ${(err as Error).message}`);
       }
     }
+    const journal = openJournal(config, user, log);
     dropRoot(user);
     log.info({ uid: process.getuid?.(), gid: process.getgid?.() }, `running as ${user.name}`);
     client = new HttpQueueStore({
@@ -99,6 +102,7 @@ async function main(): Promise<void> {
       drainMs: config.retryBudgetMs,
       leaseMs: config.leaseMs,
       discoverer,
+      journal,
     });
     log.info({ url: config.url, auth: config.auth, imsg: config.imsg }, `queue-rest ${config.instance} serving smtpd with ${config.url}`);
   } catch (err) {
@@ -169,6 +173,17 @@ function statsSnapshot(config: BridgeConfig | undefined, bridge: Backend | undef
     smtpd: counters.smtpd.summary(),
     http,
   };
+}
+
+/** The journal of pending writes, opened as root and handed to the bridge's user; none if it cannot be. */
+function openJournal(config: BridgeConfig, user: UserIds, log: BridgeLog['log']): WriteJournal | undefined {
+  const file = path.join(config.stateDir, `${config.instance}.journal`);
+  try {
+    return WriteJournal.read(openOwnedFile(file, user, { mode: 0o600, append: true, read: true, dirMode: 0o700 }), log);
+  } catch (err) {
+    log.error({ err }, `no journal of pending writes (${(err as Error).message}): a bridge killed before its background writes land loses them, and smtpd delivers that mail again`);
+    return undefined;
+  }
 }
 
 /** An ID token for each function's URL, from the service account in GOOGLE_APPLICATION_CREDENTIALS or the metadata server. */

@@ -40,13 +40,15 @@ export function lookUpUser(name: string): UserIds {
 }
 
 /**
- * Opens `file` for writing (appending, or from the start for `rewrite`),
- * creating it with `mode` if missing, and gives it to `owner`. Refuses a
- * symbolic link, a hard link to another file, and anything not a plain file.
+ * Opens `file` for writing (appending, or from the start), and for reading
+ * too with `read`, creating it with `mode` if missing (and its folder with
+ * `dirMode`, default 755), and gives it to `owner`. Refuses a symbolic link,
+ * a hard link to another file, and anything not a plain file.
  */
-export function openOwnedFile(file: string, owner: UserIds | undefined, options: { mode: number; append: boolean }): number {
-  mkdirSync(path.dirname(file), { recursive: true, mode: 0o755 });
-  const flags = constants.O_WRONLY | constants.O_CREAT | constants.O_NOFOLLOW | constants.O_NONBLOCK | (options.append ? constants.O_APPEND : 0);
+export function openOwnedFile(file: string, owner: UserIds | undefined, options: { mode: number; append: boolean; read?: boolean; dirMode?: number }): number {
+  mkdirSync(path.dirname(file), { recursive: true, mode: options.dirMode ?? 0o755 });
+  const access = options.read ? constants.O_RDWR : constants.O_WRONLY;
+  const flags = access | constants.O_CREAT | constants.O_NOFOLLOW | constants.O_NONBLOCK | (options.append ? constants.O_APPEND : 0);
   let fd: number;
   try {
     fd = openSync(file, flags, options.mode);

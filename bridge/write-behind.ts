@@ -1,6 +1,9 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from '../lib/log';
 
+/** How a background write ended: it landed, the service refused it for good, or the bridge stopped first. */
+export type Outcome = 'done' | 'dropped' | 'stopped';
+
 /**
  * Writes smtpd does not wait for (envelope deletes after delivery, which
  * smtpd does not even check, rollbacks and updates that did not land in
@@ -9,8 +12,8 @@ import type { Logger } from '../lib/log';
  * A call smtpd gave up waiting for can be tracked too, so that what is
  * queued for its message after it waits until it is over and lands after
  * it. Nothing here is awaited without a bound by an smtpd call. What is
- * still pending when the bridge stops is lost, which means the mail is
- * delivered again after a restart: a duplicate, never a loss.
+ * still pending when the bridge stops is in its journal (bridge/journal.ts),
+ * and the next start replays it.
  */
 export class WriteBehind {
   private readonly chains = new Map<string, Promise<void>>();
@@ -25,9 +28,12 @@ export class WriteBehind {
     private readonly retryMs = 2_000,
   ) {}
 
-  /** Queues `work` after everything queued for `key`; resolves once it is done, dropped, or the bridge stopped. */
-  add(key: string, what: string, work: () => Promise<void>, isFinal: (err: unknown) => boolean): Promise<void> {
-    return this.enqueue(key, () => this.attempt(what, work, isFinal));
+  /** Queues `work` after everything queued for `key`; resolves once it is done, dropped, or the bridge stopped, saying which. */
+  add(key: string, what: string, work: () => Promise<void>, isFinal: (err: unknown) => boolean): Promise<Outcome> {
+    let outcome: Outcome = 'stopped';
+    return this.enqueue(key, async () => {
+      outcome = await this.attempt(what, work, isFinal);
+    }).then(() => outcome);
   }
 
   /** Makes what is queued for `key` from now on wait until `running`, a request already sent, is over. */
@@ -60,16 +66,16 @@ export class WriteBehind {
     return next;
   }
 
-  private async attempt(what: string, work: () => Promise<void>, isFinal: (err: unknown) => boolean): Promise<void> {
+  private async attempt(what: string, work: () => Promise<void>, isFinal: (err: unknown) => boolean): Promise<Outcome> {
     for (let attempt = 1; !this.stopped; attempt++) {
       await this.acquire();
       try {
         await work();
-        return;
+        return 'done';
       } catch (err) {
         if (isFinal(err)) {
           this.log.error({ err }, `${what}: failed for good, dropped`);
-          return;
+          return 'dropped';
         }
         this.log.warn({ err, attempt }, `${what}: failed, will retry`);
       } finally {
@@ -78,6 +84,7 @@ export class WriteBehind {
       await sleep(Math.min(this.retryMs * attempt, 30_000));
     }
     this.log.warn(`${what}: not done before the bridge stopped`);
+    return 'stopped';
   }
 
   private async acquire(): Promise<void> {

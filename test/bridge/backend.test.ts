@@ -1,10 +1,12 @@
-import { closeSync, fstatSync, mkdtempSync, openSync, readdirSync, readSync, rmSync, writeFileSync } from 'node:fs';
+import { closeSync, fstatSync, mkdtempSync, openSync, readdirSync, readFileSync, readSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { DestinationStream } from 'pino';
 import { Backend, type BackendOptions } from '../../bridge/backend';
 import type { Discovered } from '../../bridge/discover';
+import { WriteJournal } from '../../bridge/journal';
+import { openOwnedFile } from '../../bridge/privileges';
 import { dispatch, failureReply, PROC, type Reply } from '../../bridge/protocol';
 import { QueueError } from '../../lib/errors';
 import { evpidFromHex, evpidToHex, msgidFromHex, msgidToHex, randomEvpid, randomMsgid, type Evpid, type Msgid } from '../../lib/ids';
@@ -489,6 +491,69 @@ describe('a rollback is final', () => {
     b.store.heal();
     await settled(b);
     await expect(b.inner.messageWalk(msgid)).rejects.toMatchObject({ code: 'not_found' });
+  });
+});
+
+describe('a bridge killed before its background writes land: the next start replays them from the journal', () => {
+  const journalDir = () => mkdtempSync(path.join(tmpdir(), 'journal-test-'));
+  /** The journal as the bridge opens it at start, with what earlier runs left in it. */
+  const journal = (file: string) => WriteJournal.read(openOwnedFile(file, undefined, { mode: 0o600, append: true, read: true }), createLogger({ level: 'silent' }));
+  const walkedIds = (b: { walked: Envelope[] }) => b.walked.map((e) => e.evpid).sort();
+
+  test('envelopes deleted after delivery are deleted, and never walked (so never delivered) again', async () => {
+    const file = path.join(journalDir(), 'mx1.journal');
+    const first = await running(undefined, { journal: journal(file) });
+    const { evpids } = await first.smtpd.accept(['a@example.test', 'b@example.test', 'c@example.test']);
+    first.store.fail(); // the service goes away; then the bridge is SIGKILLed, its background writes undone
+    expect(await first.smtpd.envelopeDelete(evpids[0])).toBe(1);
+    expect(await first.smtpd.envelopeDelete(evpids[1])).toBe(1);
+    const second = await running(first.inner, { journal: journal(file) });
+    expect(walkedIds(second)).toEqual([evpids[2]]);
+    await settled(second);
+    expect((await first.inner.envelopeWalk({ owner: OWNER })).items.map((e) => e.evpid)).toEqual([evpids[2]]);
+    // nothing pending: the journal is empty again
+    expect(readFileSync(file)).toHaveLength(0);
+  });
+
+  test('a bounce smtpd was told exists is created, with the latest bytes of its updates, and walked', async () => {
+    const file = path.join(journalDir(), 'mx1.journal');
+    const first = await running(undefined, { journal: journal(file) });
+    const { msgid, evpids } = await first.smtpd.accept(['a@example.test']);
+    first.store.fail();
+    const bounced = (await answered('ENVELOPE_CREATE (bounce)', first.smtpd.envelopeCreate(msgid, bounce('a@example.test'))))!;
+    expect(bounced).not.toBeNull();
+    expect(await first.smtpd.envelopeDelete(evpids[0])).toBe(1);
+    const retried = bounce('a@example.test').toString() + 'retry: 1\n';
+    expect(await first.smtpd.envelopeUpdate(bounced, Buffer.from(retried))).toBe(1);
+    const second = await running(first.inner, { journal: journal(file) });
+    expect(second.walked).toEqual([{ evpid: bounced, data: Buffer.from(retried) }]);
+    expect(await second.smtpd.messageFd(msgid)).toEqual(BODY);
+  });
+
+  test('the rollback of a commit answered as failed, which landed late, lands: the message is not walked', async () => {
+    const file = path.join(journalDir(), 'mx1.journal');
+    const first = await running(undefined, { journal: journal(file) });
+    const msgid = (await first.smtpd.messageCreate())!;
+    await first.smtpd.envelopeCreate(msgid, envelope('a@example.test'));
+    first.store.hang('messageCommit');
+    first.store.fail('messageDelete');
+    expect(await answered('MESSAGE_COMMIT', first.smtpd.messageCommit(msgid))).toBe(0);
+    first.store.release(); // the commit lands after all; its rollback does not
+    await until('the late commit landed', async () => (await first.inner.messageWalk(msgid)).message.state === 'queued');
+    const second = await running(first.inner, { journal: journal(file) });
+    expect(second.walked).toEqual([]);
+    await expect(first.inner.messageWalk(msgid)).rejects.toMatchObject({ code: 'not_found' });
+  });
+
+  test('a write the journal cannot keep is not answered as done', async () => {
+    const full = WriteJournal.read(openSync('/dev/full', 'r+'), createLogger({ level: 'silent' }));
+    const b = await running(undefined, { journal: full });
+    const { msgid, evpids } = await b.smtpd.accept(['a@example.test', 'b@example.test']);
+    b.store.fail();
+    expect(await answered('ENVELOPE_DELETE', b.smtpd.envelopeDelete(evpids[0]))).toBe(0);
+    expect(await answered('ENVELOPE_CREATE (bounce)', b.smtpd.envelopeCreate(msgid, bounce('b@example.test')))).toBeNull();
+    expect(await answered('ENVELOPE_UPDATE', b.smtpd.envelopeUpdate(evpids[1], envelope('b@example.test', 'retry: 1\n')))).toBe(0);
+    expect(b.logs.some((l) => l.severity === 'ERROR' && /cannot keep a pending write in the journal/.test(l.message))).toBe(true);
   });
 });
 

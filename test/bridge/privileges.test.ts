@@ -45,6 +45,7 @@ async function bridge(env: Record<string, string | undefined>, arg: string | nul
     QUEUE_TOKEN: TEST_TOKEN,
     QUEUE_REST_USER: 'nobody',
     QUEUE_REST_SYSLOG_SOCKET: syslog.path,
+    QUEUE_REST_STATE: path.join(dir, 'state'),
     QUEUE_REST_RETRY_BUDGET: '2000',
     QUEUE_REST_TIMEOUT: '1000',
     ...env,
@@ -71,6 +72,11 @@ test('drops root for its user for good, and hands it its log and counters files 
   expect(idsOfProcess(peer.child.pid!)).toEqual([`${uid}\t${uid}\t${uid}\t${uid}`, `${gid}\t${gid}\t${gid}\t${gid}`]);
   for (const file of [log, stats]) expect([statSync(file).uid, statSync(file).gid]).toEqual([uid, gid]);
   expect(readFileSync(log, 'utf8')).toMatch(/"message":"running as nobody"/);
+  // the journal of pending writes holds recipients: its folder is root's and private, the file the user's and private
+  const state = path.join(dir, 'state');
+  expect([statSync(state).uid, statSync(state).mode & 0o777]).toEqual([0, 0o700]);
+  const journal = statSync(path.join(state, 'mx-drop.journal'));
+  expect([journal.uid, journal.gid, journal.mode & 0o777]).toEqual([uid, gid, 0o600]);
 });
 
 test('does not follow a symbolic link planted at its log or counters path, says so in syslog, and still serves smtpd', async () => {

@@ -60,6 +60,7 @@ describe('queue-rest speaking to smtpd', () => {
       QUEUE_TOKEN: TEST_TOKEN,
       QUEUE_REST_INSTANCE: instance,
       QUEUE_REST_LOG: path.join(logDir, `${instance}.log`),
+      QUEUE_REST_STATE: path.join(logDir, 'state'),
       QUEUE_REST_STATS_FILE: path.join(logDir, `${instance}.json`),
       QUEUE_REST_USER: process.getuid?.() === 0 ? 'nobody' : undefined,
       QUEUE_REST_RETRY_BUDGET: '2000',
@@ -294,7 +295,7 @@ describe('queue-rest speaking to smtpd', () => {
   test('speaks the 7.7 header layout when told to', async () => {
     const peer = await SmtpdPeer.start(
       service.baseUrl,
-      { QUEUE_TOKEN: TEST_TOKEN, QUEUE_REST_INSTANCE: 'mx-77', QUEUE_REST_IMSG: '7.7', QUEUE_REST_LOG: path.join(logDir, 'mx-77.log') },
+      { QUEUE_TOKEN: TEST_TOKEN, QUEUE_REST_INSTANCE: 'mx-77', QUEUE_REST_IMSG: '7.7', QUEUE_REST_LOG: path.join(logDir, 'mx-77.log'), QUEUE_REST_STATE: path.join(logDir, 'state') },
       '7.7',
     );
     peers.push(peer);

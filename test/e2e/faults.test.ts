@@ -59,7 +59,15 @@ interface Outcome {
   /** Connection lost before smtpd answered the end of DATA (only when the bridge is killed). */
   unanswered: number;
   delivered: number;
+  /** Envelopes delivered again although smtpd had been told their delete succeeded: the queue broke its promise. */
   duplicates: number;
+  /**
+   * Envelopes delivered again that smtpd never deleted: it died (with its
+   * killed bridge) while their delivery was under way, before it heard the
+   * relay's answer. SMTP's own at-least-once window, the same with the fs
+   * queue; only where the bridge is killed.
+   */
+  redelivered: number;
   stranded: number;
   /** Refused with a 4xx, yet delivered: a rollback that came back. */
   resurrected: number;
@@ -98,6 +106,7 @@ async function serviceFor(fault: Fault) {
   return {
     service,
     front,
+    emulatorOutput: () => emulator?.output() ?? '',
     async restartEmulator(): Promise<void> {
       const port = Number(emulator!.host.split(':')[1]);
       await emulator!.stop();
@@ -121,6 +130,7 @@ function restSmtpd(name: string, url: string, relayPort: number, extra: Record<s
       QUEUE_TOKEN: TEST_TOKEN,
       QUEUE_REST_INSTANCE: name,
       QUEUE_REST_LOG: path.join(suite.logDir(), `${name}.log`),
+      QUEUE_REST_STATE: path.join(suite.logDir(), 'state'),
       QUEUE_REST_TIMEOUT: String(TIMEOUT_MS),
       QUEUE_REST_RETRY_BUDGET: String(BUDGET_MS),
       METADATA_SERVER_DETECTION: 'none',
@@ -166,7 +176,10 @@ async function runCell(call: Call, fault: Fault): Promise<Outcome> {
       armed = armFault(fault, fn, row);
     };
     let dead = false;
+    /** The trace of every smtpd this cell ran, the one running last. */
+    const earlierTraces: string[] = [];
     const start = async (): Promise<void> => {
+      if (smtpd) earlierTraces.push(smtpd.output());
       smtpd = await restSmtpd(name, front.url, relayPort, extra);
       dead = false;
       void smtpd.exited.then(() => (dead = true));
@@ -201,7 +214,10 @@ async function runCell(call: Call, fault: Fault): Promise<Outcome> {
       await restart();
       arm();
       sink = await startSink({ port: relayPort });
-      await smtpd!.smtpctl('schedule', 'all');
+      // smtpctl loses smtpd when the first LOAD kills the bridge
+      await smtpd!.smtpctl('schedule', 'all').catch((err: unknown) => {
+        if (fault !== 'bridge-kill') throw err;
+      });
     }
     if (call === 'WALK') {
       await traced(/queue_envelope_update\([0-9a-f]{16}\) -> 1/, MESSAGES * perMessage);
@@ -215,10 +231,12 @@ async function runCell(call: Call, fault: Fault): Promise<Outcome> {
     // the fault runs its course: the bridge answered smtpd in time, whatever the service did
     await waitFor(`${tag}: the fault to hit`, () => (armed!.hit() ? true : undefined), 60_000, () => smtpd?.output().slice(-3000) ?? '');
     await armed!.healed;
+    // smtpd exits with its queue backend (upstream: it never restarts one), once it notices
+    if (fault === 'bridge-kill') await Promise.race([smtpd!.exited, sleep(10_000)]);
     const healedAt = Date.now();
     let smtpdStayedUp = !dead && smtpdPids().length > 0 && !FATAL.test(smtpd!.output());
     if (!smtpdStayedUp && fault === 'bridge-kill') {
-      // smtpd exits with its queue backend (upstream: it never restarts one); what matters is what the restart finds
+      // what matters is what the restart finds
       await smtpd!.stop();
       await start();
       smtpdStayedUp = true;
@@ -260,6 +278,11 @@ async function runCell(call: Call, fault: Fault): Promise<Outcome> {
     }
     await sleep(2_000); // anything late would arrive now
     const counts = arrivals();
+    if (process.env.DEBUG_CELL) {
+      writeFileSync(path.join(suite.logDir(), `${name}.trace`), [...earlierTraces, smtpd!.output()].join('\n'));
+      writeFileSync(path.join(suite.logDir(), `${name}.sink`), (sink?.messages ?? []).map((m) => `${m.to.join(',')}\n${m.data}`).join('\n=====\n'));
+    }
+    const again = fault === 'bridge-kill' && call !== 'BOUNCE' ? againAfterCrash(sink!, subjects, earlierTraces.join('\n')) : new Map<string, number>();
     smtpdStayedUp &&= smtpdPids().length > 0 && !FATAL.test(smtpd!.output());
     const outcome: Outcome = {
       call,
@@ -269,7 +292,8 @@ async function runCell(call: Call, fault: Fault): Promise<Outcome> {
       refused: refused.length,
       unanswered: unanswered.length,
       delivered: accepted.filter((k) => counts.has(k)).length,
-      duplicates: [...counts.values()].reduce((sum, n) => sum + Math.max(0, n - 1), 0),
+      duplicates: [...counts].reduce((sum, [key, n]) => sum + Math.max(0, n - 1 - (again.get(key) ?? 0)), 0),
+      redelivered: [...again.values()].reduce((a, b) => a + b, 0),
       stranded: accepted.filter((k) => !counts.has(k)).length,
       resurrected: refused.filter((k) => counts.has(k)).length,
       smtpdStayedUp,
@@ -278,6 +302,7 @@ async function runCell(call: Call, fault: Fault): Promise<Outcome> {
       recoveryMs: Math.max(0, lastArrival - healedAt),
     };
     outcomes.push(outcome);
+    if (process.env.DEBUG_EMULATOR && !outcome.queuesAgree) console.log(row.emulatorOutput());
     return outcome;
   } finally {
     armed?.release();
@@ -380,6 +405,32 @@ function sinkArrivals(sink: Sink, subjects: string[]): Map<string, number> {
   return counts;
 }
 
+/**
+ * Deliveries made again of envelopes the smtpd that died never deleted, by
+ * subject and recipient: those it was delivering when its bridge was
+ * killed. The msgid is in the Received header smtpd adds ("with ESMTP id
+ * 1a2b3c4d"), and the trace of the smtpd that died (`before`) shows each
+ * delete it was answered for.
+ */
+function againAfterCrash(sink: Sink, subjects: string[], before: string): Map<string, number> {
+  const deleted = new Set([...before.matchAll(/queue_envelope_delete\(([0-9a-f]{8})[0-9a-f]{8}\) -> 1/g)].map((m) => m[1]));
+  const seen = new Map<string, number>();
+  const again = new Map<string, number>();
+  for (const m of sink.messages) {
+    const text = m.data.toString();
+    const subject = /^Subject: (.*)$/m.exec(text)?.[1].trim();
+    const msgid = /with ESMTP id ([0-9a-f]{8})/.exec(text)?.[1];
+    if (!subject || !subjects.includes(subject) || !msgid) continue;
+    for (const rcpt of m.to) {
+      const key = `${subject}|${rcpt}`;
+      const n = (seen.get(key) ?? 0) + 1;
+      seen.set(key, n);
+      if (n > 1 && !deleted.has(msgid)) again.set(key, (again.get(key) ?? 0) + 1);
+    }
+  }
+  return again;
+}
+
 /** Bounces land in the sender's maildir, quoting the subject of the message they report. */
 function bounceArrivals(smtpd: Smtpd, subjects: string[]): Map<string, number> {
   const counts = new Map<string, number>();
@@ -412,7 +463,8 @@ function matrixTable(rows: Outcome[]): string {
     const o = rows.find((r) => r.call === call && r.fault === fault);
     if (!o) return '';
     const bad = o.duplicates + o.stranded + o.resurrected > 0 || !o.smtpdStayedUp || !o.recovered || !o.queuesAgree;
-    return `${o.sent}/${o.delivered}/${o.duplicates}/${o.stranded}${o.refused ? ` (${o.refused}×4xx)` : ''}${o.unanswered ? ` (${o.unanswered} cut)` : ''}${bad ? ' FAIL' : ''} ${(o.recoveryMs / 1000).toFixed(1)}s`;
+    const notes = [o.refused ? `${o.refused}×4xx` : '', o.unanswered ? `${o.unanswered} cut` : '', o.redelivered ? `${o.redelivered} in flight, again` : ''].filter(Boolean);
+    return `${o.sent}/${o.delivered}/${o.duplicates}/${o.stranded}${notes.map((n) => ` (${n})`).join('')}${bad ? ' FAIL' : ''} ${(o.recoveryMs / 1000).toFixed(1)}s`;
   };
   return [
     `| call \\ fault | ${faults.join(' | ')} |`,

@@ -89,6 +89,7 @@ test('after a minute of outage with 1,200 deliveries due, every envelope is deli
       QUEUE_TOKEN: TEST_TOKEN,
       QUEUE_REST_INSTANCE: 'mx-outage',
       QUEUE_REST_LOG: path.join(suite.logDir(), 'bridge.log'),
+      QUEUE_REST_STATE: path.join(suite.logDir(), 'state'),
       QUEUE_REST_STATS_FILE: path.join(suite.logDir(), 'stats.json'),
       QUEUE_REST_TIMEOUT: '2000',
       QUEUE_REST_RETRY_BUDGET: '5000',

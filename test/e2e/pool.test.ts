@@ -77,6 +77,7 @@ async function mx(name: string, relayPort: number, url = service.baseUrl): Promi
       QUEUE_REST_INSTANCE: name,
       QUEUE_REST_LEASE: String(LEASE),
       QUEUE_REST_LOG: logFile,
+      QUEUE_REST_STATE: path.join(path.dirname(logFile), 'state'),
       QUEUE_REST_RETRY_BUDGET: '2000',
       QUEUE_REST_TIMEOUT: '1000',
       METADATA_SERVER_DETECTION: 'none',

@@ -54,6 +54,7 @@ function restSmtpd(options: { relayPort: number; compression?: boolean; encrypti
       QUEUE_TOKEN: TEST_TOKEN,
       QUEUE_REST_INSTANCE: INSTANCE,
       QUEUE_REST_LOG: path.join(logDir, 'bridge.log'),
+      QUEUE_REST_STATE: path.join(logDir, 'state'),
       QUEUE_REST_STATS_FILE: path.join(logDir, 'stats.json'),
       QUEUE_REST_RETRY_BUDGET: '3000',
       QUEUE_REST_TIMEOUT: '2000',
