@@ -1,3 +1,5 @@
+import { spawnSync } from 'node:child_process';
+import path from 'node:path';
 import { bundleInputs } from '../../dev/bundle-bridge';
 
 /**
@@ -25,3 +27,10 @@ test('the bridge bundle is built from no file of the server side', async () => {
   expect(inputs).toContain('bridge/main.ts');
   expect([...new Set(inputs.map(serverSide).filter((found) => found !== undefined))].sort()).toEqual([]);
 }, 60_000);
+
+test('the entry point does nothing when imported: it serves only when run as the program', () => {
+  const main = path.join(__dirname, '../../dist/bridge/main.js');
+  // were it to serve, it would read this empty fd 0, log to stderr that it has no config, and exit
+  const imported = spawnSync(process.execPath, ['-e', `require(${JSON.stringify(main)})`], { input: '', encoding: 'utf8', timeout: 10_000 });
+  expect([imported.status, imported.stdout, imported.stderr]).toEqual([0, '', '']);
+});
