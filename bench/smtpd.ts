@@ -9,7 +9,8 @@ import type { Summary } from '../bridge/stats';
 import { percentile } from '../bridge/stats';
 import { freePort, startEmulator } from '../dev/emulator';
 import { openSmtpClient, startSink, waitFor, type Sink } from '../dev/mail';
-import { startSmtpd, testUser } from '../dev/smtpd';
+import { startSmtpd } from '../dev/smtpd/process';
+import { testUser } from '../dev/smtpd/user';
 import { progress, table } from './report';
 
 /**

@@ -40,7 +40,7 @@ export async function admin(argv: string[]): Promise<number> {
   const print = (json: unknown, text: () => string) => process.stdout.write(values.json ? JSON.stringify(json, null, 2) + '\n' : text());
   try {
     if (command === 'status') {
-      const [instances, counts] = await Promise.all([store.instanceList(), store.queueCounts()]);
+      const { instances, counts } = await store.queueStatus();
       print({ instances, counts }, () =>
         [
           'instance             alive  lease ends (s)  walk done  started',

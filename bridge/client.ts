@@ -3,7 +3,7 @@ import { Agent, type Dispatcher } from 'undici';
 import { z } from 'zod';
 import { Responses, toEnvelopeJson, type FunctionName } from '../lib/api';
 import { TOKEN_HEADER } from '../lib/auth';
-import { QueueError, type ErrorCode } from '../lib/errors';
+import { isErrorCode, QueueError } from '../lib/errors';
 import { b64 } from '../lib/wire';
 import type { Evpid, Msgid } from '../lib/ids';
 import { sha256hex } from '../lib/rules';
@@ -215,7 +215,7 @@ export class HttpQueueStore implements QueueStore {
   }
 
   async instanceList(): Promise<InstanceInfo[]> {
-    return (await this.json('queueStatus', Responses.queueStatus, { method: 'GET' })).instances;
+    return (await this.queueStatus()).instances;
   }
 
   async queueTakeover(claimant: string, options: { from?: string[]; limit?: number } = {}): Promise<Takeover> {
@@ -225,7 +225,12 @@ export class HttpQueueStore implements QueueStore {
   }
 
   async queueCounts(): Promise<QueueCount[]> {
-    return (await this.json('queueStatus', Responses.queueStatus, { method: 'GET' })).counts;
+    return (await this.queueStatus()).counts;
+  }
+
+  /** The instances and the counts in one request, as `queue-rest status` shows them. */
+  async queueStatus(): Promise<{ instances: InstanceInfo[]; counts: QueueCount[] }> {
+    return this.json('queueStatus', Responses.queueStatus, { method: 'GET' });
   }
 
   async close(): Promise<void> {
@@ -339,18 +344,6 @@ export class HttpQueueStore implements QueueStore {
 
 const ErrorBody = z.object({ error: z.looseObject({ code: z.string(), message: z.string() }) });
 
-const KNOWN_CODES = new Set<string>([
-  'bad_request',
-  'unauthorized',
-  'not_found',
-  'method_not_allowed',
-  'conflict',
-  'too_large',
-  'unsupported_media_type',
-  'range_not_satisfiable',
-  'unavailable',
-]);
-
 function errorOf(fn: FunctionName, answer: Answer): Error {
   let parsed: z.infer<typeof ErrorBody> | undefined;
   try {
@@ -358,9 +351,9 @@ function errorOf(fn: FunctionName, answer: Answer): Error {
   } catch {
     // not one of the service's answers (a proxy, a front end)
   }
-  if (parsed && KNOWN_CODES.has(parsed.error.code)) {
+  if (parsed && isErrorCode(parsed.error.code)) {
     const { code, message, ...details } = parsed.error;
-    return new QueueError(code as ErrorCode, message, details);
+    return new QueueError(code, message, details);
   }
   const text = parsed?.error.message ?? answer.body.toString('utf8').slice(0, 200);
   if (answer.status >= 500) return new QueueError('unavailable', `${fn} answered ${answer.status}: ${text}`, { status: answer.status });

@@ -1,5 +1,6 @@
 import { copyFileSync, existsSync, mkdirSync, rmSync } from 'node:fs';
 import path from 'node:path';
+import type { BuildOptions } from 'esbuild';
 
 /**
  * Builds queue-rest as one self-contained folder, dist/queue-rest/: the
@@ -18,11 +19,25 @@ export const ADDON = 'uwrap.node';
 export async function bundleBridge(): Promise<void> {
   rmSync(BUNDLE_DIR, { recursive: true, force: true });
   mkdirSync(BUNDLE_DIR, { recursive: true });
-  // loaded here, not at the top: bridge:install imports this file for its paths only
-  const { build } = await import('esbuild');
-  await build({
+  await esbuild().build(bundleOptions());
+  copyFileSync(path.join(root, 'node_modules/usocket/build/Release', ADDON), path.join(BUNDLE_DIR, ADDON));
+}
+
+/** The files the bundle is made of, relative to the checkout (node_modules/… for packages); nothing is written. */
+export async function bundleInputs(): Promise<string[]> {
+  const { metafile } = await esbuild().build({ ...bundleOptions(), write: false, metafile: true });
+  return Object.keys(metafile.inputs);
+}
+
+// loaded when it bundles, not at the top: bridge:install imports this file for its paths only;
+// require, because jest runs import() only with its experimental VM modules
+const esbuild = (): typeof import('esbuild') => require('esbuild');
+
+function bundleOptions(): BuildOptions {
+  return {
     entryPoints: [path.join(root, 'bridge/main.ts')],
     outfile: path.join(BUNDLE_DIR, BUNDLE_MAIN),
+    absWorkingDir: root,
     bundle: true,
     platform: 'node',
     target: 'node20',
@@ -42,8 +57,7 @@ export async function bundleBridge(): Promise<void> {
         },
       },
     ],
-  });
-  copyFileSync(path.join(root, 'node_modules/usocket/build/Release', ADDON), path.join(BUNDLE_DIR, ADDON));
+  };
 }
 
 if (require.main === module) {

@@ -3,18 +3,9 @@
  * lib/http.ts is the one place that turns them into HTTP statuses. Anything
  * else that escapes is a bug and becomes a 500.
  */
-export type ErrorCode =
-  | 'bad_request'
-  | 'unauthorized'
-  | 'not_found'
-  | 'method_not_allowed'
-  | 'conflict'
-  | 'too_large'
-  | 'unsupported_media_type'
-  | 'range_not_satisfiable'
-  | 'unavailable';
 
-export const STATUS: Record<ErrorCode, number> = {
+/** Each error code with the HTTP status it is sent as; the bridge reads the codes back from the answers. */
+export const STATUS = {
   bad_request: 400,
   unauthorized: 401,
   not_found: 404,
@@ -24,7 +15,11 @@ export const STATUS: Record<ErrorCode, number> = {
   unsupported_media_type: 415,
   range_not_satisfiable: 416,
   unavailable: 503,
-};
+} as const satisfies Record<string, number>;
+
+export type ErrorCode = keyof typeof STATUS;
+
+export const isErrorCode = (code: string): code is ErrorCode => Object.hasOwn(STATUS, code);
 
 export class QueueError extends Error {
   constructor(

@@ -19,7 +19,7 @@ import { u32, u64 as u64le } from '../support/smtpd-peer';
 
 /**
  * The bridge's Backend in process, as smtpd's calls reach it (through the
- * protocol layer, with a thrown failure answered as main.ts answers it),
+ * protocol layer, with a thrown failure answered as serve.ts answers it),
  * over the in-memory store behind a store that fails on demand: what smtpd
  * is answered while the service is down or hangs, how long it waits, and
  * what the queue holds once the service is back.
@@ -37,7 +37,7 @@ const BODY = Buffer.from('Subject: hello\r\n\r\nHello, world.\r\n');
 
 const u64 = (evpid: Evpid) => u64le(evpidFromHex(evpid));
 
-/** smtpd's side: each call goes through dispatch, and a failure is answered as main.ts answers it. */
+/** smtpd's side: each call goes through dispatch, and a failure is answered as serve.ts answers it. */
 class Smtpd {
   constructor(
     readonly backend: Backend,

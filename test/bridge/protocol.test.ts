@@ -13,7 +13,7 @@ import { BRIDGE, SmtpdPeer, r, u32, u64 } from '../support/smtpd-peer';
 import { firestoreStore, uniqueNamespace } from '../support/stores';
 
 /**
- * The bridge as smtpd sees it, byte for byte: the built dist/bridge/main.js
+ * The bridge as smtpd sees it, byte for byte: the bundled dist/queue-rest/queue-rest.js
  * with a unix socket as fd 0, against the functions on a Firestore emulator.
  */
 type Service = Awaited<ReturnType<typeof startService>>;

@@ -3,7 +3,8 @@ import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { deliveredTo, deliverToOneAndToMany, expectSameBytes, queued, relayedBody, testBody } from '../support/e2e';
 import { bodyOf, freePort, sendMail, SmtpError, startSink, stopAllSinks, waitFor } from '../../dev/mail';
-import { startSmtpd, stopAllSmtpd, testUser } from '../../dev/smtpd';
+import { startSmtpd, stopAllSmtpd } from '../../dev/smtpd/process';
+import { testUser } from '../../dev/smtpd/user';
 
 /**
  * Proves the e2e harness against smtpd's own fs queue: the same scenarios

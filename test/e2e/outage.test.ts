@@ -1,7 +1,7 @@
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { freePort, openSmtpClient, startSink, waitFor, type Sink } from '../../dev/mail';
-import { startSmtpd, type Smtpd } from '../../dev/smtpd';
+import { startSmtpd, type Smtpd } from '../../dev/smtpd/process';
 import { installedBridgeSuite } from '../support/e2e';
 import { startFaultFront } from '../support/fault-front';
 import { TEST_TOKEN, startService } from '../support/service';

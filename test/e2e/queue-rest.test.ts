@@ -7,7 +7,8 @@ import type { Envelope, QueueStore } from '../../lib/store';
 import { deliveredTo, deliverToOneAndToMany, expectSameBytes, relayedBody, testBody } from '../support/e2e';
 import { bodyOf, freePort, sendMail, SmtpError, startSink, stopAllSinks, waitFor } from '../../dev/mail';
 import { TEST_TOKEN, startService } from '../support/service';
-import { startSmtpd, stopAllSmtpd, testUser, type Smtpd } from '../../dev/smtpd';
+import { startSmtpd, stopAllSmtpd, type Smtpd } from '../../dev/smtpd/process';
+import { testUser } from '../../dev/smtpd/user';
 import { uniqueNamespace } from '../support/stores';
 
 /**

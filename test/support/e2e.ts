@@ -3,7 +3,8 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { installBridge, uninstallBridge } from '../../bin/install-bridge';
 import { bodyOf, readMaildir, sendMail, stopAllSinks, waitFor } from '../../dev/mail';
-import { stopAllSmtpd, testUser, type Smtpd } from '../../dev/smtpd';
+import { stopAllSmtpd, type Smtpd } from '../../dev/smtpd/process';
+import { testUser } from '../../dev/smtpd/user';
 
 /** What the end-to-end tests with real smtpd share. */
 
