@@ -1,4 +1,4 @@
-import { decodeCursor, encodeCursor, pageBudget } from './cursor';
+import { decodeCursor, encodeCursor, PageFill } from './cursor';
 import { conflict, notFound, QueueError, rolledBack } from './errors';
 import { msgidOf, type Evpid, type Msgid } from './ids';
 import {
@@ -14,10 +14,23 @@ import {
   isNewerUpdate,
   isSameCommit,
   sha256hex,
-  toChunks,
 } from './rules';
+import {
+  chunkRows,
+  claimCount,
+  committedRecord,
+  envelopeRow,
+  incomingInfo,
+  isFencing,
+  isTombstone,
+  messageRow,
+  tallyOf,
+  tallyRow,
+  toInfo,
+  toInstance,
+} from './records';
 import { newSnapshotTime } from './snapshot';
-import { KeyExists, key, type CommittedRecord, type Found, type Records, type Row, type Storage, type TombstoneRecord, type Transaction } from './storage';
+import { KeyExists, key, type CommittedRecord, type Found, type Row, type Storage, type Transaction } from './storage';
 import {
   CHUNK_BYTES,
   DEFAULT_LIMITS,
@@ -552,30 +565,6 @@ export class Queue implements QueueStore {
   }
 }
 
-/** Envelopes taken into a page until its count or byte budget is spent (at least one). */
-class PageFill {
-  readonly items: Envelope[] = [];
-  readonly limit: number;
-  private readonly maxBytes: number;
-  private bytes = 0;
-
-  constructor(page: PageRequest) {
-    ({ limit: this.limit, maxBytes: this.maxBytes } = pageBudget(page));
-  }
-
-  isFull(next: Envelope): boolean {
-    return this.items.length === this.limit || (this.items.length > 0 && this.bytes + next.data.length > this.maxBytes);
-  }
-
-  /** Takes `next` if it fits; false if the page is full. */
-  add(next: Envelope): boolean {
-    if (this.isFull(next)) return false;
-    this.items.push({ evpid: next.evpid, data: next.data });
-    this.bytes += next.data.length;
-    return true;
-  }
-}
-
 /**
  * The message an envelope belongs to, looked up with the envelope and the
  * tally; refuses other owners. A rolled-back message is not found, or
@@ -609,74 +598,6 @@ function recommit(info: MessageInfo, commit: Commit): { created: boolean } {
 
 function envelopeClash(evpid: Evpid) {
   return conflict(`envelope ${evpid} exists with other bytes`, { evpid });
-}
-
-function messageRow(commit: Commit, committedAt: Date, createdAt = committedAt): Row<'Message'> {
-  const { msgid, owner, size, sha256 } = commit;
-  return { key: key.message(msgid), data: { state: 'queued', owner, size, sha256, chunks: chunkCount(size), createdAt, committedAt } };
-}
-
-function envelopeRow(evpid: Evpid, data: Buffer, createdAt: Date, version = 0): Row<'Envelope'> {
-  return { key: key.envelope(evpid), data: { data, createdAt, ...(version > 0 && { version }) } };
-}
-
-function chunkRows(msgid: Msgid, body: Buffer, first = 0): Row<'Chunk'>[] {
-  return toChunks(body, first).map((c) => ({ key: key.chunk(msgid, c.index), data: { data: c.data } }));
-}
-
-function tallyRow(msgid: Msgid, count: number): Row<'Tally'> {
-  return { key: key.tally(msgid), data: { count } };
-}
-
-function tallyOf(found: Found, msgid: Msgid): number {
-  return Number(found.get(key.tally(msgid))?.count ?? 0);
-}
-
-function toInfo(msgid: Msgid, row: CommittedRecord): MessageInfo {
-  return {
-    msgid,
-    state: row.state === 'corrupt' ? 'corrupt' : 'queued',
-    owner: String(row.owner),
-    size: Number(row.size),
-    sha256: String(row.sha256),
-    createdAt: row.createdAt,
-    committedAt: row.committedAt,
-    claimedAt: row.claimedAt ?? null,
-  };
-}
-
-function incomingInfo(msgid: Msgid, row: Records['Incoming']): MessageInfo {
-  return { msgid, state: 'incoming', owner: row.owner, size: null, sha256: null, createdAt: row.createdAt, committedAt: null };
-}
-
-function toInstance(instance: string, row: Records['Instance'], now: number, claims?: Records['Claims']): InstanceInfo {
-  return {
-    instance,
-    leaseUntil: row.leaseUntil,
-    heartbeatAt: row.heartbeatAt,
-    startedAt: row.startedAt,
-    walkDone: Boolean(row.walkDone),
-    alive: row.leaseUntil.getTime() > now,
-    claims: claimCount(claims),
-  };
-}
-
-function claimCount(row: Records['Claims'] | undefined): number {
-  return row ? Number(row.count) : 0;
-}
-
-function isTombstone(row: Records['Message'] | undefined): row is TombstoneRecord {
-  return row?.state === 'tombstone';
-}
-
-/** A tombstone that still fences its msgid. */
-function isFencing(row: Records['Message'] | undefined, now = Date.now()): boolean {
-  return isTombstone(row) && row.expiresAt.getTime() > now;
-}
-
-/** The committed message a Message record holds, if it is not a tombstone. */
-function committedRecord(row: Records['Message'] | undefined): CommittedRecord | undefined {
-  return row && !isTombstone(row) ? row : undefined;
 }
 
 function shuffle<T>(items: T[]): T[] {
