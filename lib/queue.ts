@@ -30,7 +30,7 @@ import {
   toInstance,
 } from './records';
 import { newSnapshotTime } from './snapshot';
-import { KeyExists, key, type CommittedRecord, type Found, type Row, type Storage, type Transaction } from './storage';
+import { KeyExists, key, type CommittedRecord, type Found, type Key, type Kind, type Records, type Row, type Storage, type Transaction } from './storage';
 import {
   CHUNK_BYTES,
   DEFAULT_LIMITS,
@@ -140,7 +140,7 @@ export class Queue implements QueueStore {
         // committed before (a retry), rolled back, or an envelope was created before the commit
       }
     }
-    const existing = (await this.storage.get([key.message(commit.msgid)])).get(key.message(commit.msgid));
+    const existing = await this.getOne(key.message(commit.msgid));
     if (isFencing(existing)) throw rolledBack(commit.msgid);
     const committed = committedRecord(existing);
     if (committed) return recommit(toInfo(commit.msgid, committed), commit);
@@ -167,7 +167,7 @@ export class Queue implements QueueStore {
   }
 
   async messageRead(msgid: Msgid, read: ReadRange & OwnerCheck = {}): Promise<{ info: MessageInfo; data: Buffer }> {
-    const stored = committedRecord((await this.storage.get([key.message(msgid)])).get(key.message(msgid)));
+    const stored = committedRecord(await this.getOne(key.message(msgid)));
     if (!stored) throw notFound('msgid', msgid);
     const info = toInfo(msgid, stored);
     checkOwner(info, read);
@@ -405,7 +405,7 @@ export class Queue implements QueueStore {
       await this.writeIncoming(msgid, commit.owner, envelopes, true);
       envelopes = [];
     }
-    const incoming = (await this.storage.get([key.incoming(msgid)])).get(key.incoming(msgid));
+    const incoming = await this.getOne(key.incoming(msgid));
     if (!incoming) throw notFound('msgid', msgid);
     checkOwner({ msgid, owner: incoming.owner }, commit);
     checkBody(msgid, commit.size, commit.sha256, await this.readChunks(msgid, 0, chunkCount(commit.size)));
@@ -532,6 +532,10 @@ export class Queue implements QueueStore {
     const deletedAt = new Date();
     const expiresAt = new Date(deletedAt.getTime() + this.limits.tombstoneMs);
     return { key: key.message(msgid), data: { state: 'tombstone', owner, deletedAt, expiresAt } };
+  }
+
+  private async getOne<K extends Kind>(k: Key<K>): Promise<Records[K] | undefined> {
+    return (await this.storage.get([k])).get(k);
   }
 
   /** Chunks `first` to `end` (exclusive) of a body, joined; missing ones are empty. */
