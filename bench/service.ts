@@ -8,7 +8,8 @@ import { sha256hex } from '../lib/rules';
 import { createQueueServer, listen } from '../lib/server';
 import { useService } from '../lib/service';
 import { DEFAULT_LIMITS, type QueueStore } from '../lib/store';
-import { DatastoreQueueStore } from '../lib/store-datastore';
+import { Queue } from '../lib/queue';
+import { DatastoreStorage } from '../lib/storage-datastore';
 import { progress, table } from './report';
 
 /**
@@ -48,7 +49,7 @@ async function messageCycle(store: QueueStore, stats: Stats, body: Buffer): Prom
 export async function benchService(iterations: number): Promise<{ table: string; results: unknown }> {
   const emulator = await startEmulator({ kind: 'firestore' });
   const namespace = `bench-${randomBytes(3).toString('hex')}`;
-  const direct = new DatastoreQueueStore({ apiEndpoint: emulator.host, projectId: 'bench', namespace });
+  const direct = new Queue(new DatastoreStorage({ apiEndpoint: emulator.host, projectId: 'bench', namespace }));
   useService({
     config: { auth: { mode: 'token', token: 'bench-token-0123456789' }, store: 'datastore', datastore: { namespace, timeoutMs: 10_000 }, limits: DEFAULT_LIMITS },
     store: direct,

@@ -1,7 +1,7 @@
 import { z } from 'zod';
 import { badRequest } from './errors';
 import { Evpid, Msgid } from './ids';
-import { PAGE_BYTES_DEFAULT, PAGE_DEFAULT, PAGE_MAX, type PageRequest } from './store';
+import { PAGE_BYTES_DEFAULT, PAGE_DEFAULT, PAGE_MAX, type Envelope, type PageRequest } from './store';
 
 /**
  * A walk position: everything up to envelope `e` of message `m` has been
@@ -36,10 +36,27 @@ export function decodeCursor(cursor: string): WalkPosition {
   return parsed.data;
 }
 
-/** The page size every driver applies to a request. */
-export function pageBudget(page: PageRequest = {}): { limit: number; maxBytes: number } {
-  return {
-    limit: Math.min(Math.max(page.limit ?? PAGE_DEFAULT, 1), PAGE_MAX),
-    maxBytes: Math.max(page.maxBytes ?? PAGE_BYTES_DEFAULT, 1),
-  };
+/** A page being filled: envelopes are taken until its count or byte budget is spent, and at least one. */
+export class PageFill {
+  readonly items: Envelope[] = [];
+  readonly limit: number;
+  private readonly maxBytes: number;
+  private bytes = 0;
+
+  constructor(page: PageRequest = {}) {
+    this.limit = Math.min(Math.max(page.limit ?? PAGE_DEFAULT, 1), PAGE_MAX);
+    this.maxBytes = Math.max(page.maxBytes ?? PAGE_BYTES_DEFAULT, 1);
+  }
+
+  isFull(next: Envelope): boolean {
+    return this.items.length === this.limit || (this.items.length > 0 && this.bytes + next.data.length > this.maxBytes);
+  }
+
+  /** Takes `next` if it fits; false if the page is full. */
+  add(next: Envelope): boolean {
+    if (this.isFull(next)) return false;
+    this.items.push({ evpid: next.evpid, data: next.data });
+    this.bytes += next.data.length;
+    return true;
+  }
 }

@@ -1,7 +1,7 @@
 /**
- * The errors a queue operation can end with. Drivers and handlers throw them;
- * lib/http.ts is the one place that turns them into HTTP statuses. Anything
- * else that escapes is a bug and becomes a 500.
+ * The errors a queue operation can end with. The queue, its storage drivers
+ * and the handlers throw them; lib/http.ts is the one place that turns them
+ * into HTTP statuses. Anything else that escapes is a bug and becomes a 500.
  */
 
 /** Each error code with the HTTP status it is sent as; the bridge reads the codes back from the answers. */

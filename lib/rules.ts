@@ -3,7 +3,7 @@ import { badRequest, conflict, notOwner, staleUpdate, tooLarge } from './errors'
 import { msgidOf, type Msgid } from './ids';
 import { CHUNK_BYTES, CREATE_BATCH_MAX, type Commit, type Envelope, type EnvelopeUpdate, type Limits, type MessageInfo, type OwnerCheck } from './store';
 
-/** Checks every driver applies before it touches storage, so bad input writes nothing. */
+/** Checks the queue (lib/queue.ts) applies before it touches storage, so bad input writes nothing. */
 
 export function sha256hex(data: Buffer): string {
   return createHash('sha256').update(data).digest('hex');

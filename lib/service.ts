@@ -1,11 +1,13 @@
 import { loadConfig, type ServiceConfig } from './config';
 import { createLogger } from './log';
+import { Queue } from './queue';
+import type { Storage } from './storage';
+import { DatastoreStorage } from './storage-datastore';
+import { MemoryStorage } from './storage-memory';
 import type { QueueStore } from './store';
-import { DatastoreQueueStore } from './store-datastore';
-import { MemoryQueueStore } from './store-memory';
 
 /**
- * The configuration and store the functions use, made once per process from
+ * The configuration and queue the functions use, made once per process from
  * the environment. Tests and embedders can set their own with useService.
  */
 export interface Service {
@@ -27,9 +29,14 @@ export function useService(next: Service | undefined): void {
   current = next;
 }
 
+/** The queue over the configured storage driver. */
 export function storeFor(config: ServiceConfig): QueueStore {
-  if (config.store === 'memory') return new MemoryQueueStore(config.limits);
   const log = createLogger({ name: 'queue' });
   const onSweepError = (err: unknown) => log.warn({ err }, 'could not sweep expired tombstones; the next heartbeat or purge tries again');
-  return new DatastoreQueueStore({ ...config.datastore, limits: config.limits, onSweepError });
+  return new Queue(storageFor(config), { limits: config.limits, onSweepError });
+}
+
+function storageFor(config: ServiceConfig): Storage {
+  if (config.store === 'memory') return new MemoryStorage();
+  return new DatastoreStorage(config.datastore);
 }

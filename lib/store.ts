@@ -1,9 +1,11 @@
 import type { Evpid, Msgid } from './ids';
 
 /**
- * The storage contract of the queue. The functions and the bridge only ever
- * talk to a QueueStore; each store (Datastore, memory, or one you write) is a
- * driver, and test/contract runs the same behaviours against every driver.
+ * The contract of the queue. The functions and the bridge only ever talk to
+ * a QueueStore: the queue layer (lib/queue.ts) over a storage driver
+ * (lib/storage.ts: Datastore, memory, or one you write), or the HTTP client
+ * of the functions (bridge/client.ts). test/contract runs the same
+ * behaviours against each.
  *
  * Semantics are smtpd's (docs/api.md has the HTTP view):
  * - A message is `incoming` from messageCreate until messageCommit makes it
@@ -130,7 +132,9 @@ export interface QueueStore {
   /**
    * Records that `instance` is alive for `leaseMs` from now (a pool of MX on
    * one queue, docs/pool.md): one write. `walkDone` says its smtpd has loaded
-   * the queue, after which messages may be fed to it one by one.
+   * the queue, after which messages may be fed to it one by one. `startedAt`
+   * says when the instance started; a heartbeat without it keeps what the
+   * instance said before (its first heartbeat's time if it never did).
    */
   instanceHeartbeat(instance: string, leaseMs: number, state?: { walkDone?: boolean; startedAt?: Date }): Promise<InstanceInfo>;
 

@@ -13,7 +13,8 @@ import { evpidFromHex, evpidToHex, msgidFromHex, msgidToHex, randomEvpid, random
 import { createLogger } from '../../lib/log';
 import { sha256hex } from '../../lib/rules';
 import type { Envelope, QueueStore } from '../../lib/store';
-import { MemoryQueueStore } from '../../lib/store-memory';
+import type { Queue } from '../../lib/queue';
+import { memoryQueue } from '../support/stores';
 import { FaultyStore } from '../support/faulty-store';
 import { u32, u64 as u64le } from '../support/smtpd-peer';
 
@@ -142,7 +143,7 @@ interface Bridge {
   smtpd: Smtpd;
   backend: Backend;
   store: FaultyStore;
-  inner: MemoryQueueStore;
+  inner: Queue;
   tmp: string;
   /** The bridge's log lines. */
   logs: { severity: string; message: string }[];
@@ -159,7 +160,7 @@ afterEach(async () => {
 });
 
 /** A bridge over `inner` (a fresh queue by default), not yet initialized. */
-function bridge(inner = new MemoryQueueStore(), options: Partial<BackendOptions> = {}): Bridge {
+function bridge(inner = memoryQueue(), options: Partial<BackendOptions> = {}): Bridge {
   const store = new FaultyStore(inner);
   const tmp = mkdtempSync(path.join(tmpdir(), 'backend-test-'));
   const logs: Bridge['logs'] = [];
@@ -180,7 +181,7 @@ function bridge(inner = new MemoryQueueStore(), options: Partial<BackendOptions>
 }
 
 /** A bridge that has answered INIT and walked the queue. */
-async function running(inner?: MemoryQueueStore, options?: Partial<BackendOptions>): Promise<Bridge & { walked: Envelope[] }> {
+async function running(inner?: Queue, options?: Partial<BackendOptions>): Promise<Bridge & { walked: Envelope[] }> {
   const b = bridge(inner, options);
   await b.smtpd.init();
   return { ...b, walked: await b.smtpd.walkAll() };
@@ -215,7 +216,7 @@ const settled = (b: Bridge) => until('the background writes are done', () => b.b
 
 describe('ENVELOPE_LOAD while the service does not answer', () => {
   test('answers a walked envelope from the local copy', async () => {
-    const inner = new MemoryQueueStore();
+    const inner = memoryQueue();
     const { envelopes } = await seed(inner, ['a@example.test', 'b@example.test']);
     const b = await running(inner);
     expect(b.walked).toHaveLength(2);
@@ -374,7 +375,7 @@ describe('ENVELOPE_UPDATE never makes smtpd forget an envelope', () => {
 
 describe('every smtpd call is answered within timeout + retry budget, whatever the service does', () => {
   test('INIT, WALK and CLOSE while every request hangs; the walk goes on once the service is back', async () => {
-    const inner = new MemoryQueueStore();
+    const inner = memoryQueue();
     const { envelopes } = await seed(inner, ['a@example.test']);
     const b = bridge(inner, { initWaitMs: 60_000 });
     b.store.hang();
@@ -388,7 +389,7 @@ describe('every smtpd call is answered within timeout + retry budget, whatever t
   });
 
   test('every call of a reception, a delivery and a bounce while every request hangs; nothing is lost once it is back', async () => {
-    const inner = new MemoryQueueStore();
+    const inner = memoryQueue();
     const walked = await seed(inner, ['w@example.test']);
     const b = await running(inner);
     const accepted = await b.smtpd.accept(['a@example.test', 'b@example.test']);
@@ -580,7 +581,7 @@ describe('a bounce on a message whose envelope deletes are still pending', () =>
 
 describe('the local copy of envelopes', () => {
   test('keeps what is past its memory budget in a spill file that leaves nothing on disk, and answers from it', async () => {
-    const inner = new MemoryQueueStore();
+    const inner = memoryQueue();
     const seeded = await seed(inner, Array.from({ length: 20 }, (_, i) => `walked${i}@example.test`));
     const b = await running(inner, { envelopeMemoryBytes: 4_000 });
     const accepted = await b.smtpd.accept(Array.from({ length: 20 }, (_, i) => `accepted${i}@example.test`));
@@ -613,7 +614,7 @@ describe('reconcile: nothing this instance owns stays unknown to its smtpd', () 
   }
 
   /** Messages of a dead instance, claimed for OWNER behind smtpd's back (as `queue-rest takeover` does). */
-  async function claimedBehindItsBack(inner: MemoryQueueStore, count: number): Promise<Evpid[]> {
+  async function claimedBehindItsBack(inner: Queue, count: number): Promise<Evpid[]> {
     const evpids: Evpid[] = [];
     for (let i = 0; i < count; i++) {
       const msgid = randomMsgid();
@@ -629,7 +630,7 @@ describe('reconcile: nothing this instance owns stays unknown to its smtpd', () 
   }
 
   test('hands smtpd each envelope claimed for this instance after its walk, once, and none it has already', async () => {
-    const inner = new MemoryQueueStore();
+    const inner = memoryQueue();
     const walked = await seed(inner, ['walked@example.test']);
     const fake = discoverer();
     const b = await running(inner, { discoverer: fake });
@@ -648,7 +649,7 @@ describe('reconcile: nothing this instance owns stays unknown to its smtpd', () 
   });
 
   test('tries again an envelope smtpctl could not discover, but never one that may have reached smtpd', async () => {
-    const inner = new MemoryQueueStore();
+    const inner = memoryQueue();
     let failing = true;
     const fake = discoverer((evpid) => (evpid === unknownOne ? 'unknown' : failing ? 'fail' : 'ok'));
     let unknownOne: Evpid | undefined;
@@ -666,7 +667,7 @@ describe('reconcile: nothing this instance owns stays unknown to its smtpd', () 
   });
 
   test('waits for the walk: claims made while smtpd loads its queue are handed over once the walk is done', async () => {
-    const inner = new MemoryQueueStore();
+    const inner = memoryQueue();
     const fake = discoverer();
     const b = bridge(inner, { discoverer: fake });
     await b.smtpd.init();

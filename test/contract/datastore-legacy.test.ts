@@ -2,7 +2,7 @@ import { legacyStore } from '../support/stores';
 import { tombstoneSweepTests } from './datastore-tombstones';
 import { queueStoreContract } from './queue-store.contract';
 
-describe('DatastoreQueueStore on the legacy Datastore emulator, with index.yaml enforced', () => {
+describe('the queue over DatastoreStorage on the legacy Datastore emulator, with index.yaml enforced', () => {
   tombstoneSweepTests(() => process.env.QUEUE_TEST_DATASTORE_HOST!);
   queueStoreContract({
     create: async (limits) => {

@@ -2,8 +2,8 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { Datastore, PropertyFilter } from '@google-cloud/datastore';
 import { randomMsgid } from '../../lib/ids';
 import { DEFAULT_LIMITS } from '../../lib/store';
-import { DatastoreQueueStore } from '../../lib/store-datastore';
-import { uniqueNamespace } from '../support/stores';
+import type { Queue } from '../../lib/queue';
+import { datastoreQueue, uniqueNamespace } from '../support/stores';
 
 /**
  * The tombstones that fence deleted msgids do not pile up: once expired, the
@@ -16,7 +16,7 @@ export function tombstoneSweepTests(emulatorHost: () => string): void {
   const TOMBSTONE_MS = 1000;
 
   describe('tombstones of deleted messages', () => {
-    let store: DatastoreQueueStore;
+    let store: Queue;
     let raw: Datastore;
     const sweepErrors: unknown[] = [];
 
@@ -24,7 +24,7 @@ export function tombstoneSweepTests(emulatorHost: () => string): void {
       const namespace = uniqueNamespace('tomb');
       const apiEndpoint = emulatorHost();
       const limits = { ...DEFAULT_LIMITS, tombstoneMs: TOMBSTONE_MS };
-      store = new DatastoreQueueStore({ apiEndpoint, projectId: 'queue-test', namespace, limits, timeoutMs: 30_000, onSweepError: (err) => sweepErrors.push(err) });
+      store = datastoreQueue({ apiEndpoint, projectId: 'queue-test', namespace, limits, timeoutMs: 30_000, onSweepError: (err) => sweepErrors.push(err) });
       raw = new Datastore({ apiEndpoint, projectId: 'queue-test', namespace });
     });
     afterEach(() => store.close());

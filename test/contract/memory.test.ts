@@ -1,10 +1,10 @@
-import { MemoryQueueStore } from '../../lib/store-memory';
+import { memoryQueue } from '../support/stores';
 import { queueStoreContract } from './queue-store.contract';
 
-describe('MemoryQueueStore', () => {
+describe('the queue over MemoryStorage', () => {
   queueStoreContract({
     create: async (limits) => {
-      const store = new MemoryQueueStore(limits);
+      const store = memoryQueue(limits);
       return { store, dispose: () => store.close() };
     },
   });

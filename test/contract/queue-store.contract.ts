@@ -763,6 +763,36 @@ export function queueStoreContract(driver: ContractDriver): void {
       expect((await store.instanceList()).map((i) => [i.instance, i.alive])).toEqual([[OWNER, false]]);
     });
 
+    test('a heartbeat without startedAt keeps the one said before; an instance that never says started at its first heartbeat', async () => {
+      const startedAt = new Date(Date.now() - 1000);
+      await store.instanceHeartbeat(OWNER, 60_000, { startedAt });
+      expect((await store.instanceHeartbeat(OWNER, 60_000)).startedAt.getTime()).toBe(startedAt.getTime());
+      expect((await store.instanceHeartbeat(OWNER, 60_000, { walkDone: true })).startedAt.getTime()).toBe(startedAt.getTime());
+      expect((await store.instanceList()).map((i) => [i.instance, i.startedAt.getTime()])).toEqual([[OWNER, startedAt.getTime()]]);
+
+      const first = await store.instanceHeartbeat(OTHER, 60_000);
+      expect(first.startedAt.getTime()).toBe(first.heartbeatAt.getTime());
+      await new Promise((resolve) => setTimeout(resolve, 5));
+      const later = await store.instanceHeartbeat(OTHER, 60_000);
+      expect(later.heartbeatAt.getTime()).toBeGreaterThan(first.heartbeatAt.getTime());
+      expect(later.startedAt.getTime()).toBe(first.startedAt.getTime());
+    });
+
+    test('a later heartbeat that says when it started replaces what was said before (the instance restarted)', async () => {
+      await store.instanceHeartbeat(OWNER, 60_000, { startedAt: new Date(Date.now() - 60_000) });
+      const restarted = new Date();
+      expect((await store.instanceHeartbeat(OWNER, 60_000, { startedAt: restarted })).startedAt.getTime()).toBe(restarted.getTime());
+    });
+
+    test('takeover says more: false once no orphan is left, even when the page ended at its limit', async () => {
+      await store.instanceHeartbeat(OWNER, LEASE);
+      await store.instanceHeartbeat('mx3', LEASE);
+      for (let i = 0; i < 2; i++) await queued(1);
+      await lapse();
+      expect(await store.queueTakeover(OTHER, { limit: 2 })).toMatchObject({ more: false });
+      expect(await store.queueTakeover(OTHER, { limit: 2 })).toEqual({ claimed: [], purged: 0, more: false });
+    });
+
     test("takeover moves a dead instance's queued messages to the claimant and purges its uncommitted ones", async () => {
       await store.instanceHeartbeat(OWNER, LEASE);
       const dead = await queued(2);

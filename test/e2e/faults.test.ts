@@ -6,12 +6,12 @@ import { startEmulator, type Emulator } from '../../dev/emulator';
 import { freePort, readMaildir, sendMail, SmtpError, startSink, stopAllSinks, waitFor, type Sink } from '../../dev/mail';
 import { startSmtpd, stopAllSmtpd, type Smtpd } from '../../dev/smtpd/process';
 import { smtpdPids } from '../../dev/smtpd/proc';
-import { DatastoreQueueStore } from '../../lib/store-datastore';
+import type { Queue } from '../../lib/queue';
 import { DEFAULT_LIMITS } from '../../lib/store';
 import { installedBridgeSuite } from '../support/e2e';
 import { startFaultFront, type FrontFault } from '../support/fault-front';
 import { TEST_TOKEN, startService } from '../support/service';
-import { uniqueNamespace } from '../support/stores';
+import { datastoreQueue, uniqueNamespace } from '../support/stores';
 
 /**
  * The fault matrix: each of smtpd's queue calls, each fault a service or a
@@ -96,11 +96,11 @@ afterAll(() => {
 async function serviceFor(fault: Fault) {
   let emulator: Emulator | undefined;
   let dataDir: string | undefined;
-  let store: DatastoreQueueStore | undefined;
+  let store: Queue | undefined;
   if (fault === 'emulator-restart') {
     dataDir = mkdtempSync(path.join(tmpdir(), 'queue-emulator-'));
     emulator = await startEmulator({ kind: 'datastore', dataDir });
-    store = new DatastoreQueueStore({ apiEndpoint: emulator.host, projectId: 'queue-test', namespace: uniqueNamespace('faults'), limits: DEFAULT_LIMITS, timeoutMs: 2_000 });
+    store = datastoreQueue({ apiEndpoint: emulator.host, projectId: 'queue-test', namespace: uniqueNamespace('faults'), limits: DEFAULT_LIMITS, timeoutMs: 2_000 });
   }
   const service = await startService({ store, namespace: uniqueNamespace('faults') });
   const front = await startFaultFront(service.port);
@@ -448,7 +448,7 @@ async function queueEmpty(smtpd: Smtpd): Promise<boolean> {
   return (await smtpd.smtpctl('show', 'queue')).trim() === '';
 }
 
-async function storeEmpty(store: { envelopeWalk: DatastoreQueueStore['envelopeWalk'] }, owner: string): Promise<boolean> {
+async function storeEmpty(store: { envelopeWalk: Queue['envelopeWalk'] }, owner: string): Promise<boolean> {
   try {
     const page = await store.envelopeWalk({ owner, limit: 1 });
     return page.items.length === 0;

@@ -3,8 +3,7 @@ import { FUNCTION_NAMES, type FunctionName } from '../../lib/api';
 import { randomEvpid, randomMsgid } from '../../lib/ids';
 import { sha256hex } from '../../lib/rules';
 import { DEFAULT_LIMITS, type QueueStore } from '../../lib/store';
-import { DatastoreQueueStore } from '../../lib/store-datastore';
-import { MemoryQueueStore } from '../../lib/store-memory';
+import { datastoreQueue, memoryQueue } from '../support/stores';
 import { freePort } from '../../dev/emulator';
 import { TEST_TOKEN, startService } from '../support/service';
 
@@ -305,7 +304,7 @@ describe('the queue functions over HTTP', () => {
 
 describe("the client's envelope update versions", () => {
   test('keep increasing while the wall clock stands still or steps back, so every update applies in order', async () => {
-    const service = await startService({ store: new MemoryQueueStore() });
+    const service = await startService({ store: memoryQueue() });
     const client = service.client();
     const clock = jest.spyOn(Date, 'now');
     try {
@@ -333,7 +332,7 @@ describe("the client's envelope update versions", () => {
 
 describe('the queue functions with storage unreachable', () => {
   test('answer 503 with Retry-After quickly instead of hanging', async () => {
-    const store = new DatastoreQueueStore({ apiEndpoint: `127.0.0.1:${await freePort()}`, projectId: 'nowhere', timeoutMs: 5000 });
+    const store = datastoreQueue({ apiEndpoint: `127.0.0.1:${await freePort()}`, projectId: 'nowhere', timeoutMs: 5000 });
     const service = await startService({ store });
     try {
       for (const [fn, a] of [

@@ -7,7 +7,7 @@ import { endpoint, isBase64 } from '../../lib/http';
 import { randomEvpid, randomMsgid } from '../../lib/ids';
 import { sha256hex } from '../../lib/rules';
 import { useService } from '../../lib/service';
-import { MemoryQueueStore } from '../../lib/store-memory';
+import { memoryQueue } from '../support/stores';
 import { TEST_TOKEN, startService, testConfig } from '../support/service';
 
 /**
@@ -55,7 +55,7 @@ describe('a failure while parsing a request', () => {
     async () => ({ status: 200, json: { ran: true } }),
   );
 
-  beforeAll(() => useService({ config: testConfig(), store: new MemoryQueueStore() }));
+  beforeAll(() => useService({ config: testConfig(), store: memoryQueue() }));
   afterAll(() => useService(undefined));
 
   test('is answered 400 with a JSON error, and the function does not run', async () => {

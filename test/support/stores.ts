@@ -1,5 +1,7 @@
 import { randomBytes } from 'node:crypto';
-import { DatastoreQueueStore } from '../../lib/store-datastore';
+import { Queue, type QueueOptions } from '../../lib/queue';
+import { DatastoreStorage, type DatastoreOptions } from '../../lib/storage-datastore';
+import { MemoryStorage } from '../../lib/storage-memory';
 import { DEFAULT_LIMITS, type Limits } from '../../lib/store';
 
 export function uniqueNamespace(prefix: string): string {
@@ -12,24 +14,22 @@ function emulatorHost(name: 'QUEUE_TEST_FIRESTORE_HOST' | 'QUEUE_TEST_DATASTORE_
   return host;
 }
 
-/** A Datastore store on the Firestore emulator in Datastore mode, in a fresh namespace. */
-export function firestoreStore(limits: Limits = DEFAULT_LIMITS, namespace = uniqueNamespace('fs')): DatastoreQueueStore {
-  return new DatastoreQueueStore({
-    apiEndpoint: emulatorHost('QUEUE_TEST_FIRESTORE_HOST'),
-    projectId: 'queue-test',
-    namespace,
-    limits,
-    timeoutMs: 30_000,
-  });
+/** The queue in process memory. */
+export function memoryQueue(limits: Limits = DEFAULT_LIMITS): Queue {
+  return new Queue(new MemoryStorage(), { limits });
 }
 
-/** A Datastore store on the legacy Datastore emulator, which enforces index.yaml. */
-export function legacyStore(limits: Limits = DEFAULT_LIMITS): DatastoreQueueStore {
-  return new DatastoreQueueStore({
-    apiEndpoint: emulatorHost('QUEUE_TEST_DATASTORE_HOST'),
-    projectId: 'queue-test',
-    namespace: uniqueNamespace('ds'),
-    limits,
-    timeoutMs: 30_000,
-  });
+/** The queue over Datastore. */
+export function datastoreQueue(options: DatastoreOptions & QueueOptions): Queue {
+  return new Queue(new DatastoreStorage(options), options);
+}
+
+/** The queue on the Firestore emulator in Datastore mode, in a fresh namespace. */
+export function firestoreStore(limits: Limits = DEFAULT_LIMITS, namespace = uniqueNamespace('fs')): Queue {
+  return datastoreQueue({ apiEndpoint: emulatorHost('QUEUE_TEST_FIRESTORE_HOST'), projectId: 'queue-test', namespace, limits, timeoutMs: 30_000 });
+}
+
+/** The queue on the legacy Datastore emulator, which enforces index.yaml. */
+export function legacyStore(limits: Limits = DEFAULT_LIMITS): Queue {
+  return datastoreQueue({ apiEndpoint: emulatorHost('QUEUE_TEST_DATASTORE_HOST'), projectId: 'queue-test', namespace: uniqueNamespace('ds'), limits, timeoutMs: 30_000 });
 }

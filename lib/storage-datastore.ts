@@ -1,0 +1,189 @@
+import { setTimeout as sleep } from 'node:timers/promises';
+import { Datastore, DatastoreClient, PropertyFilter, and, type Key as DatastoreKey, type Query as DatastoreQuery, type Transaction as DatastoreTransaction } from '@google-cloud/datastore';
+import { singleUseCommit, type Entity, type Props } from './datastore-commit';
+import { QueueError, unavailable } from './errors';
+import { Found, INDEXED_FIELDS, KeyExists, type Key, type Kind, type Mutations, type Query, type Row, type Storage, type Transaction } from './storage';
+
+export interface DatastoreOptions {
+  projectId?: string;
+  /** One namespace per queue; '' is Datastore's default namespace. */
+  namespace?: string;
+  databaseId?: string;
+  /** host:port of an emulator; otherwise DATASTORE_EMULATOR_HOST or Google's endpoint. */
+  apiEndpoint?: string;
+  /** Deadline of each storage call. */
+  timeoutMs?: number;
+}
+
+/** Datastore's 4 MiB request cap on the emulators, with room for keys and framing. */
+const WRITE_BATCH_BYTES = 3_500_000;
+/** A transaction aborted by contention is run again this many times, with backoff, before it answers unavailable. */
+const TX_ATTEMPTS = 10;
+
+type Stored = Props & { [Datastore.KEY]: DatastoreKey };
+
+/**
+ * Storage in Google Cloud Datastore (Firestore in Datastore mode, or legacy
+ * Datastore), one namespace per queue. A record is an entity whose key path
+ * is its Key (children under Message/<msgid>) and whose properties are its
+ * fields, indexed only if INDEXED_FIELDS lists them (docs/storage.md).
+ */
+export class DatastoreStorage implements Storage {
+  readonly maxWriteBytes = WRITE_BATCH_BYTES;
+  private readonly ds: Datastore;
+  private readonly gax: { timeout: number; maxRetries: number };
+  private raw?: DatastoreClient;
+
+  constructor(options: DatastoreOptions = {}) {
+    this.ds = new Datastore({
+      projectId: options.projectId,
+      namespace: options.namespace || undefined,
+      databaseId: options.databaseId,
+      apiEndpoint: options.apiEndpoint,
+    });
+    this.gax = { timeout: options.timeoutMs ?? 10_000, maxRetries: 2 };
+  }
+
+  get(keys: Key[]): Promise<Found> {
+    return this.lookup(this.ds, keys);
+  }
+
+  async query<K extends Kind>(query: Query<K>): Promise<Row<K>[]> {
+    return (await this.run(this.toQuery(query))).map((row) => this.toRow(row) as Row<K>);
+  }
+
+  async queryKeys<K extends Kind>(query: Query<K>): Promise<Key<K>[]> {
+    return (await this.run(this.toQuery(query).select('__key__'))).map((row) => toKey(row[Datastore.KEY]) as Key<K>);
+  }
+
+  async write(mutations: Mutations): Promise<void> {
+    const projectId = await this.ds.getProjectId();
+    this.raw ??= new DatastoreClient({ ...this.ds.options });
+    const partition = { projectId, databaseId: this.ds.options.databaseId ?? '', namespaceId: this.ds.namespace ?? '' };
+    const entities = (rows: Row[] = []) => rows.map((row) => this.toEntity(row));
+    try {
+      await singleUseCommit(
+        this.raw,
+        partition,
+        { insert: entities(mutations.insert), upsert: entities(mutations.put), delete: (mutations.delete ?? []).map((k) => this.key(k)) },
+        (kind) => INDEXED_FIELDS[kind as Kind] ?? [],
+        this.gax.timeout,
+      );
+    } catch (err) {
+      if (grpcCode(err) === ALREADY_EXISTS) throw new KeyExists();
+      throw storageError(err);
+    }
+  }
+
+  async transaction<T>(work: (tx: Transaction) => Promise<T>): Promise<T> {
+    for (let attempt = 1; ; attempt++) {
+      const tx = this.ds.transaction();
+      try {
+        await tx.run({ gaxOptions: this.gax });
+        const result = await work({
+          get: (keys) => this.lookup(tx, keys),
+          put: (row) => tx.upsert(this.toEntity(row)),
+          delete: (keys) => tx.delete(keys.map((k) => this.key(k))),
+        });
+        await tx.commit({ timeout: this.gax.timeout });
+        return result;
+      } catch (err) {
+        await tx.rollback().catch(() => undefined);
+        if (isAborted(err) && attempt < TX_ATTEMPTS) {
+          await sleep(Math.min(1000, 25 * 2 ** attempt) * (0.5 + Math.random() / 2));
+          continue;
+        }
+        throw storageError(err);
+      }
+    }
+  }
+
+  async close(): Promise<void> {
+    await this.raw?.close();
+    for (const client of this.ds.clients_.values()) await (client as { close?: () => unknown }).close?.();
+  }
+
+  private async lookup(reader: Datastore | DatastoreTransaction, keys: Key[]): Promise<Found> {
+    const found = new Found();
+    if (keys.length === 0) return found;
+    try {
+      const [rows] = await reader.get(
+        keys.map((k) => this.key(k)),
+        { gaxOptions: this.gax },
+      );
+      for (const row of rows as Stored[]) found.add(this.toRow(row));
+      return found;
+    } catch (err) {
+      throw storageError(err);
+    }
+  }
+
+  private async run(query: DatastoreQuery): Promise<Stored[]> {
+    try {
+      const [rows] = await this.ds.runQuery(query, { gaxOptions: this.gax });
+      return rows as Stored[];
+    } catch (err) {
+      throw storageError(err);
+    }
+  }
+
+  private toQuery(query: Query): DatastoreQuery {
+    let q = this.ds.createQuery(query.kind);
+    if (query.msgid !== undefined) q = q.hasAncestor(this.ds.key(['Message', query.msgid]));
+    const filters: PropertyFilter<string>[] = Object.entries(query.equal ?? {}).map(([field, value]) => new PropertyFilter(field, '=', value));
+    if (query.before) filters.push(new PropertyFilter(query.before.field, '<', query.before.time));
+    if (query.from !== undefined) filters.push(new PropertyFilter('__key__', '>=', this.key({ kind: query.kind, id: query.from, msgid: query.msgid })));
+    if (query.after !== undefined) filters.push(new PropertyFilter('__key__', '>', this.key({ kind: query.kind, id: query.after, msgid: query.msgid })));
+    if (filters.length === 1) q = q.filter(filters[0]);
+    if (filters.length > 1) q = q.filter(and(filters));
+    // an inequality on a field would need that field sorted first
+    if (!query.before) q = q.order('__key__');
+    if (query.limit !== undefined) q = q.limit(query.limit);
+    return q;
+  }
+
+  private key(k: Key): DatastoreKey {
+    return this.ds.key(k.msgid ? ['Message', k.msgid, k.kind, k.id] : [k.kind, k.id]);
+  }
+
+  private toEntity(row: Row): Entity & { excludeFromIndexes: string[] } {
+    const data: Props = {};
+    for (const [field, value] of Object.entries(row.data)) if (value !== undefined) data[field] = value as Props[string];
+    const indexed = INDEXED_FIELDS[row.key.kind];
+    return { key: this.key(row.key), data, excludeFromIndexes: Object.keys(data).filter((field) => !indexed.includes(field)) };
+  }
+
+  private toRow(stored: Stored): Row {
+    const { [Datastore.KEY]: dsKey, ...data } = stored;
+    return { key: toKey(dsKey), data } as unknown as Row;
+  }
+}
+
+function toKey(dsKey: DatastoreKey): Key {
+  const path = dsKey.path.map(String);
+  return path.length === 4 ? { kind: path[2] as Kind, id: path[3], msgid: path[1] } : { kind: path[0] as Kind, id: path[1] };
+}
+
+const ALREADY_EXISTS = 6;
+const ABORTED = 10;
+/** gRPC codes that mean storage is unreachable, overloaded or contended: worth retrying later. */
+const UNAVAILABLE_CODES = new Set([1, 4, 8, ABORTED, 14]);
+
+function grpcCode(err: unknown): number | undefined {
+  const code = (err as { code?: unknown } | null)?.code;
+  return typeof code === 'number' ? code : undefined;
+}
+
+/** Contention: the transaction may succeed if run again. Reads inside it report it already wrapped. */
+function isAborted(err: unknown): boolean {
+  return grpcCode(err) === ABORTED || (err instanceof QueueError && err.details.grpcCode === ABORTED);
+}
+
+function storageError(err: unknown): unknown {
+  if (err instanceof QueueError) return err;
+  const code = grpcCode(err);
+  if (code !== undefined && UNAVAILABLE_CODES.has(code)) {
+    return unavailable(`storage unavailable (gRPC status ${code}); try again`, { grpcCode: code }, err);
+  }
+  return err;
+}

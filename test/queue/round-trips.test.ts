@@ -1,0 +1,97 @@
+import { randomEvpid, randomMsgid } from '../../lib/ids';
+import { Queue } from '../../lib/queue';
+import { sha256hex } from '../../lib/rules';
+import type { Key, Kind, Mutations, Query, Storage, Transaction } from '../../lib/storage';
+import { MemoryStorage } from '../../lib/storage-memory';
+
+/**
+ * What each queue operation asks of its storage driver. On Datastore a get,
+ * a query and a write are one RPC each, and a transaction two more than its
+ * lookups: these are the accept path's round trips, which smtpd waits on.
+ */
+class CountingStorage implements Storage {
+  calls: string[] = [];
+  private readonly inner = new MemoryStorage();
+  readonly maxWriteBytes = 3_500_000;
+
+  get(keys: Key[]) {
+    this.calls.push('get');
+    return this.inner.get(keys);
+  }
+  query<K extends Kind>(query: Query<K>) {
+    this.calls.push(`query ${query.kind}`);
+    return this.inner.query(query);
+  }
+  queryKeys<K extends Kind>(query: Query<K>) {
+    this.calls.push(`queryKeys ${query.kind}`);
+    return this.inner.queryKeys(query);
+  }
+  write(mutations: Mutations) {
+    this.calls.push('write');
+    return this.inner.write(mutations);
+  }
+  transaction<T>(work: (tx: Transaction) => Promise<T>) {
+    this.calls.push('transaction');
+    return this.inner.transaction((tx) =>
+      work({
+        get: (keys) => {
+          this.calls.push('tx.get');
+          return tx.get(keys);
+        },
+        put: (row) => tx.put(row),
+        delete: (keys) => tx.delete(keys),
+      }),
+    );
+  }
+  close() {
+    return this.inner.close();
+  }
+}
+
+const body = Buffer.alloc(4096, 0x61);
+const envelopeData = Buffer.from('version: 3\nrcpt: a@example.test\n');
+
+async function setUp() {
+  const storage = new CountingStorage();
+  const queue = new Queue(storage);
+  const msgid = randomMsgid();
+  const evpids = [randomEvpid(msgid), randomEvpid(msgid)];
+  await queue.messageCreate([msgid], 'mx1');
+  const commit = { msgid, owner: 'mx1', size: body.length, sha256: sha256hex(body), body, envelopes: evpids.map((evpid) => ({ evpid, data: envelopeData })) };
+  return { storage, queue, msgid, evpids, commit };
+}
+
+async function callsOf(storage: CountingStorage, run: () => Promise<unknown>): Promise<string[]> {
+  storage.calls = [];
+  await run();
+  return storage.calls;
+}
+
+test('the commit of a small message with its envelopes is one write and nothing else', async () => {
+  const { storage, queue, commit } = await setUp();
+  expect(await callsOf(storage, () => queue.messageCommit(commit))).toEqual(['write']);
+});
+
+test('an envelope delete, the last one included, is one transaction with one lookup', async () => {
+  const { storage, queue, commit, evpids } = await setUp();
+  await queue.messageCommit(commit);
+  for (const evpid of evpids) expect(await callsOf(storage, () => queue.envelopeDelete(evpid, { owner: 'mx1' }))).toEqual(['transaction', 'tx.get']);
+});
+
+test('an envelope load is one lookup', async () => {
+  const { storage, queue, commit, evpids } = await setUp();
+  await queue.messageCommit(commit);
+  expect(await callsOf(storage, () => queue.envelopeLoad(evpids[0], { owner: 'mx1' }))).toEqual(['get']);
+});
+
+test("a walk page queries the queued messages once and each message's envelopes once", async () => {
+  const { storage, queue, commit } = await setUp();
+  await queue.messageCommit(commit);
+  const calls = await callsOf(storage, () => queue.envelopeWalk({ limit: 100 }));
+  expect(calls).toEqual(['query Message', 'query Envelope']);
+});
+
+test('a heartbeat is one lookup, one write and one query for expired tombstones', async () => {
+  const { storage, queue } = await setUp();
+  expect(await callsOf(storage, () => queue.instanceHeartbeat('mx1', 60_000))).toEqual(['get', 'write', 'queryKeys Message']);
+});
