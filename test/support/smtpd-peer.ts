@@ -23,6 +23,9 @@ export interface PeerReply extends Imsg {
 export class SmtpdPeer {
   private readonly reader: ImsgReader;
   private readonly waiting: ((m: PeerReply) => void)[] = [];
+  /** Replies to requests nobody sent through request(): random bytes written raw can happen to frame one. */
+  unasked = 0;
+  private noise = false;
   private stderr = '';
 
   private constructor(
@@ -40,6 +43,7 @@ export class SmtpdPeer {
         const resolve = this.waiting.shift();
         const len = m.data.length + 16;
         if (resolve) resolve({ ...m, len });
+        else if (this.noise) this.unasked++;
         else throw new Error(`the bridge sent a reply nobody asked for (type ${m.type}, ${len} bytes)`);
       }
     });
@@ -73,8 +77,9 @@ export class SmtpdPeer {
     return reply;
   }
 
-  /** Sends raw bytes, for malformed input. */
+  /** Sends raw bytes, for malformed input; from then on, replies nobody asked for are counted, not an error. */
   writeRaw(bytes: Buffer): void {
+    this.noise = true;
     this.socket.write({ data: bytes });
   }
 
