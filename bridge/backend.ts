@@ -279,7 +279,7 @@ export class Backend implements QueueBackend {
         return false;
       }
       this.log.warn({ err, msgid }, `rollback of ${msgid} did not land in time; retrying in the background`);
-      this.behind(`rollback ${msgid}`, `rollback of ${msgid}`, async () => {
+      void this.behind(`rollback ${msgid}`, `rollback of ${msgid}`, async () => {
         if (!(await succeeded(sent))) await rollback();
       }, landed);
       return false;
@@ -357,8 +357,7 @@ export class Backend implements QueueBackend {
         this.copy.set(evpid, data);
         return evpid;
       } catch (err) {
-        const clash = err instanceof QueueError && err.code === 'conflict' && err.details.reason === undefined;
-        if (clash && attempt < 3) continue;
+        if (isTaken(err) && attempt < 3) continue;
         // when smtpd is told there is no bounce but it lands after all, the walk of the next start hands it out
         if (isFinal(err) || !known || !this.createBehind(evpid, data, sent)) throw err;
         this.log.warn({ err, evpid }, `bounce ${evpid} did not land in time; written behind`);
@@ -388,7 +387,7 @@ export class Backend implements QueueBackend {
       // an update made since is queued after this and sends the newer bytes
       if (this.copy.get(evpid)?.equals(data)) this.unsent.delete(evpid);
     };
-    this.behind(msgidOf(evpid), `create of bounce ${evpid}`, create, landed);
+    void this.behind(msgidOf(evpid), `create of bounce ${evpid}`, create, landed);
     return true;
   }
 
@@ -415,7 +414,7 @@ export class Backend implements QueueBackend {
     if (this.asyncDelete && !this.closed && this.later.pending < WRITE_BEHIND_MAX) {
       const landed = this.remember(write);
       if (landed) {
-        this.behind(msgid, what, remove, landed);
+        void this.behind(msgid, what, remove, landed);
         return true;
       }
     }
@@ -542,7 +541,7 @@ export class Backend implements QueueBackend {
       for (const landed of this.updatesJournaled.get(evpid) ?? []) landed();
       this.updatesJournaled.delete(evpid);
     };
-    this.behind(msgidOf(evpid), `update of ${evpid}`, update, allLanded, () => this.updating.delete(evpid));
+    void this.behind(msgidOf(evpid), `update of ${evpid}`, update, allLanded, () => this.updating.delete(evpid));
     return true;
   }
 
@@ -589,7 +588,7 @@ export class Backend implements QueueBackend {
     const retry = async (after?: Promise<unknown>) => {
       if (!after || !(await succeeded(after))) await write();
     };
-    const retryBehind = (after?: Promise<unknown>) => this.behind(msgid, what, () => retry(after), this.remember(pending) ?? (() => undefined));
+    const retryBehind = (after?: Promise<unknown>) => void this.behind(msgid, what, () => retry(after), this.remember(pending) ?? (() => undefined));
     if (this.later.busy(msgid)) {
       retryBehind();
       return 'behind';
@@ -625,8 +624,8 @@ export class Backend implements QueueBackend {
   }
 
   /** Queues a write in the background; `landed` once it has, or was refused for good (not when the bridge stopped first). */
-  private behind(key: string, what: string, work: () => Promise<void>, landed: () => void, after?: () => void): void {
-    void this.later.add(key, what, work, isFinal).then((outcome: Outcome) => {
+  private behind(key: string, what: string, work: () => Promise<void>, landed: () => void, after?: () => void): Promise<void> {
+    return this.later.add(key, what, work, isFinal).then((outcome: Outcome) => {
       after?.();
       if (outcome !== 'stopped') landed();
     });
@@ -656,7 +655,7 @@ export class Backend implements QueueBackend {
       const landed = () => seqs.forEach((seq) => journal.done(seq));
       const first = writes[0];
       if (first.op === 'rollback') {
-        return this.later.add(key, `replayed ${key}`, async () => void (await this.store.messageDelete(first.msgid, check)), isFinal).then((o) => o !== 'stopped' && landed());
+        return this.behind(key, `replayed ${key}`, async () => void (await this.store.messageDelete(first.msgid, check)), landed);
       }
       const evpid = first.evpid;
       const create = writes.find((w) => w.op === 'create');
@@ -677,15 +676,17 @@ export class Backend implements QueueBackend {
             await this.store.envelopeCreate({ evpid, data: create.data }, check);
           } catch (err) {
             // it landed, and an update after it too
-            if (!(err instanceof QueueError && err.code === 'conflict' && err.details.reason === undefined)) throw err;
+            if (!isTaken(err)) throw err;
           }
         }
         if (update) await this.store.envelopeUpdate({ evpid, data: update.data }, check);
       };
-      return this.later.add(msgidOf(evpid), `replayed write of ${evpid}`, work, isFinal).then((outcome) => {
-        if (deleted && outcome === 'dropped') this.deleting.delete(evpid);
-        if (outcome !== 'stopped') landed();
-      });
+      const settled = () => {
+        // a delete refused for good leaves nothing pending either
+        if (deleted) this.deleting.delete(evpid);
+        landed();
+      };
+      return this.behind(msgidOf(evpid), `replayed write of ${evpid}`, work, settled);
     });
     await Promise.all(replays);
   }
@@ -849,6 +850,11 @@ async function within(work: Promise<unknown>, ms: number): Promise<void> {
 /** A request the service refused for good: retrying cannot help. */
 function isFinal(err: unknown): boolean {
   return err instanceof QueueError && err.code !== 'unavailable';
+}
+
+/** The evpid is taken already: by another envelope, or by this one's earlier attempt. */
+function isTaken(err: unknown): boolean {
+  return err instanceof QueueError && err.code === 'conflict' && err.details.reason === undefined;
 }
 
 /** The service's definite word that an envelope is not this instance's to load or change: gone, or taken over. */
