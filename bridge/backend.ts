@@ -88,6 +88,7 @@ export class Backend implements QueueBackend {
   private readonly later: WriteBehind;
   private readonly asyncDelete: boolean;
   /** The longest any smtpd call waits for the service. */
+  private readonly timeoutMs: number;
   private readonly answerWithinMs: number;
   private readonly drainMs: number;
   private readonly walk: StartupWalk;
@@ -118,7 +119,8 @@ export class Backend implements QueueBackend {
     this.later = new WriteBehind(options.log, undefined, options.writeRetryMs);
     this.asyncDelete = options.asyncDelete ?? true;
     const retryBudgetMs = options.retryBudgetMs ?? 15_000;
-    this.answerWithinMs = (options.timeoutMs ?? 5_000) + retryBudgetMs;
+    this.timeoutMs = options.timeoutMs ?? 5_000;
+    this.answerWithinMs = this.timeoutMs + retryBudgetMs;
     this.drainMs = options.drainMs ?? retryBudgetMs;
     const max = options.cacheBytes ?? 64 * 1024 * 1024;
     this.bodies = new LRUCache({ maxSize: Math.max(max, 1), sizeCalculation: (body) => Math.max(body.length, 1), maxEntrySize: Math.max(max / 4, 1) });
@@ -201,6 +203,11 @@ export class Backend implements QueueBackend {
       this.log.warn({ err }, 'could not take over the messages of dead instances; the next start or `queue-rest takeover` will');
     }
     if (claimed > 0 || purged > 0) this.log.warn({ claimed, purged }, `took over ${claimed} messages of dead instances`);
+  }
+
+  /** Whether the lease is sure: this bridge hands out bodies, and trusts what it knows of its mail. */
+  get leaseSure(): boolean {
+    return this.lease.isSure();
   }
 
   /** Background writes not done yet. */
@@ -292,6 +299,7 @@ export class Backend implements QueueBackend {
     const held = this.incoming.get(msgid) ?? new Map<Evpid, Buffer>();
     const envelopes: Envelope[] = [...held].map(([evpid, data]) => ({ evpid, data }));
     for (const e of envelopes) this.walk.exclude(e.evpid);
+    const sentAt = performance.now();
     const commit = this.store.messageCommit({ msgid, owner: this.owner, size: body.length, sha256: sha256hex(body), body, envelopes });
     try {
       await this.bounded(commit, deadline, `commit of ${msgid}`, msgid);
@@ -304,14 +312,23 @@ export class Backend implements QueueBackend {
     }
     this.incoming.delete(msgid);
     this.bodies.set(msgid, body);
-    for (const e of envelopes) this.copy.set(e.evpid, e.data);
+    for (const e of envelopes) this.copy.set(e.evpid, e.data, sentAt);
     return true;
   }
 
   async messageFd(msgid: Msgid): Promise<number> {
     const deadline = this.deadline();
+    // after an outage, one renewal rather than a wait for the next one; no longer than one request may take
+    await within(this.lease.ensure(), Math.min(this.timeoutMs, deadline - Date.now()));
     if (!this.lease.isSure()) throw new Error(`not delivering ${msgid}: the lease may have run out and another instance may own it`);
-    const body = this.bodies.get(msgid) ?? (await this.bounded(this.store.messageRead(msgid, { owner: this.owner }), deadline, `read of ${msgid}`)).data;
+    let body = this.bodies.get(msgid);
+    try {
+      body ??= (await this.bounded(this.store.messageRead(msgid, { owner: this.owner }), deadline, `read of ${msgid}`)).data;
+    } catch (err) {
+      // the service's word on the message's envelopes, not the copy's, from now on
+      if (isFinal(err)) this.copy.deleteMessage(msgid);
+      throw err;
+    }
     return this.files.open(body);
   }
 
@@ -351,10 +368,11 @@ export class Backend implements QueueBackend {
         if (!this.createBehind(evpid, data)) throw new Error(`bounce ${evpid} not created: the local copy cannot keep it`);
         return evpid;
       }
+      const sentAt = performance.now();
       const sent = this.store.envelopeCreate({ evpid, data }, { owner: this.owner });
       try {
         await this.bounded(sent, deadline, `bounce ${evpid}`, msgid);
-        this.copy.set(evpid, data);
+        this.copy.set(evpid, data, sentAt);
         return evpid;
       } catch (err) {
         if (isTaken(err) && attempt < 3) continue;
@@ -370,7 +388,7 @@ export class Backend implements QueueBackend {
   private createBehind(evpid: Evpid, data: Buffer, sent?: Promise<unknown>): boolean {
     const landed = this.remember({ op: 'create', evpid, data });
     if (!landed) return false;
-    if (!this.copy.set(evpid, data)) {
+    if (!this.copy.set(evpid, data, performance.now())) {
       landed();
       return false;
     }
@@ -436,6 +454,13 @@ export class Backend implements QueueBackend {
     // the service has older bytes, or none yet
     const newer = this.unsent.has(evpid) ? this.copy.get(evpid) : undefined;
     if (newer) return newer;
+    // Only this bridge changes this instance's envelopes while its lease
+    // holds, so bytes it has known since the lease began to hold are the
+    // service's still: LOAD costs no request, as with smtpd's fs queue.
+    const sureSince = this.lease.sureSince();
+    const current = sureSince === undefined ? undefined : this.copy.getKnownSince(evpid, sureSince);
+    if (current) return current;
+    // Otherwise the service answers, and the copy only when it does not.
     // Whether the lease is sure changes none of this. It is usually not
     // sure because of the same outage, and the mail is then still ours: an
     // empty answer would make smtpd forget it. The copy's answer lets smtpd
@@ -443,9 +468,10 @@ export class Backend implements QueueBackend {
     // the lease is not sure, so smtpd tempfails it and tries again later;
     // if another instance has taken the message over by then, the service
     // says not_owner and the answer is empty, as it should be.
+    const sentAt = performance.now();
     try {
       const data = await this.bounded(this.store.envelopeLoad(evpid, { owner: this.owner }), this.deadline(), `load of ${evpid}`);
-      this.copy.set(evpid, data);
+      this.copy.set(evpid, data, sentAt);
       // smtpd asks for what it has: from a walk, or a discover made by someone else
       this.smtpdHas.add(evpid);
       return data;
@@ -488,9 +514,10 @@ export class Backend implements QueueBackend {
       if (!this.updateBehind(evpid, data)) throw new Error(`update of ${evpid} not kept: neither the journal nor the local copy can keep it`);
       return true;
     }
+    const sentAt = performance.now();
     try {
       await this.bounded(this.store.envelopeUpdate({ evpid, data }, { owner: this.owner }), this.deadline(), `update of ${evpid}`, msgid);
-      this.copy.set(evpid, data);
+      this.copy.set(evpid, data, sentAt);
       return true;
     } catch (err) {
       if (isGone(err)) {
@@ -512,7 +539,7 @@ export class Backend implements QueueBackend {
   private updateBehind(evpid: Evpid, data: Buffer): boolean {
     const landed = this.remember({ op: 'update', evpid, data });
     if (!landed) return false;
-    if (!this.copy.set(evpid, data)) {
+    if (!this.copy.set(evpid, data, performance.now())) {
       landed();
       return false;
     }
@@ -545,10 +572,10 @@ export class Backend implements QueueBackend {
     return true;
   }
 
-  async envelopeWalk(): Promise<{ evpid: Evpid; data: Buffer } | 'again' | 'done'> {
+  async envelopeWalk(): Promise<WalkedEnvelope | 'again' | 'done'> {
     const next = await this.walk.next();
     if (typeof next === 'object') {
-      this.copy.set(next.evpid, next.data);
+      this.copy.set(next.evpid, next.data, next.readAt);
       this.smtpdHas.add(next.evpid);
     }
     return next;
@@ -740,13 +767,18 @@ export class Backend implements QueueBackend {
  * once each, and never one that this bridge created after INIT (smtpd
  * already has those).
  */
+interface WalkedEnvelope extends Envelope {
+  readAt: number;
+}
+
 class StartupWalk {
   constructor(private readonly onDone: () => void) {}
 
   private store?: QueueStore;
   private owner = '';
   private log?: Logger;
-  private buffer: Envelope[] = [];
+  /** Envelopes of the pages fetched, each with when its page was asked for (performance.now()). */
+  private buffer: WalkedEnvelope[] = [];
   private cursor: string | null | undefined;
   private fetching?: Promise<void>;
   private failures = 0;
@@ -772,7 +804,7 @@ class StartupWalk {
     await this.fetching;
   }
 
-  async next(): Promise<{ evpid: Evpid; data: Buffer } | 'again' | 'done'> {
+  async next(): Promise<WalkedEnvelope | 'again' | 'done'> {
     if (!this.store) {
       await sleep(WALK_WAIT_MS);
       return 'again';
@@ -794,7 +826,7 @@ class StartupWalk {
     }
   }
 
-  private take(): { evpid: Evpid; data: Buffer } | undefined {
+  private take(): WalkedEnvelope | undefined {
     while (this.buffer.length > 0) {
       const e = this.buffer.shift()!;
       if (this.excluded.has(e.evpid) || this.handedOut.has(e.evpid)) continue;
@@ -811,10 +843,11 @@ class StartupWalk {
 
   private fetch(): void {
     if (this.fetching || this.finished || this.cursor === null || !this.store) return;
+    const readAt = performance.now();
     this.fetching = this.store
       .envelopeWalk({ owner: this.owner, cursor: this.cursor, limit: WALK_PAGE })
       .then((page) => {
-        this.buffer.push(...page.items);
+        this.buffer.push(...page.items.map((e) => ({ ...e, readAt })));
         this.cursor = page.cursor;
         this.failures = 0;
       })

@@ -20,6 +20,8 @@ export class EnvelopeCopy {
   private readonly inMemory = new Map<Evpid, Buffer>();
   private readonly spilled = new Map<Evpid, Slot>();
   private readonly byMessage = new Map<Msgid, Set<Evpid>>();
+  /** performance.now() when each envelope's bytes were last known to be the service's (a read sent, or a write of this bridge). */
+  private readonly knownAt = new Map<Evpid, number>();
   private memoryUsed = 0;
   private spill?: SpillFile;
   private spillFailed = false;
@@ -62,8 +64,21 @@ export class EnvelopeCopy {
     }
   }
 
-  /** Keeps `data` for `evpid`; answers false, keeping what it had, if it cannot. */
-  set(evpid: Evpid, data: Buffer): boolean {
+  /**
+   * The bytes, if they were known to be the service's at or after `since`:
+   * while nothing else may have changed the envelope since then, they are
+   * the service's still.
+   */
+  getKnownSince(evpid: Evpid, since: number): Buffer | undefined {
+    return (this.knownAt.get(evpid) ?? -Infinity) >= since ? this.get(evpid) : undefined;
+  }
+
+  /**
+   * Keeps `data` for `evpid`, known to be the service's bytes at `knownAt`
+   * (performance.now(); by default never); answers false, keeping what it
+   * had, if it cannot.
+   */
+  set(evpid: Evpid, data: Buffer, knownAt = -Infinity): boolean {
     const old = this.inMemory.get(evpid);
     const memoryAfter = this.memoryUsed - (old ? old.length + ENTRY_OVERHEAD : 0) + data.length + ENTRY_OVERHEAD;
     if (memoryAfter <= this.memoryBytes) {
@@ -80,6 +95,7 @@ export class EnvelopeCopy {
     const evpids = this.byMessage.get(msgid) ?? new Set<Evpid>();
     evpids.add(evpid);
     this.byMessage.set(msgid, evpids);
+    this.knownAt.set(evpid, knownAt);
     return true;
   }
 
@@ -94,6 +110,7 @@ export class EnvelopeCopy {
       this.spilled.delete(evpid);
       this.spill?.release(slot);
     }
+    this.knownAt.delete(evpid);
     const msgid = msgidOf(evpid);
     const evpids = this.byMessage.get(msgid);
     if (evpids?.delete(evpid) && evpids.size === 0) this.byMessage.delete(msgid);
@@ -110,6 +127,7 @@ export class EnvelopeCopy {
     this.inMemory.clear();
     this.spilled.clear();
     this.byMessage.clear();
+    this.knownAt.clear();
     this.memoryUsed = 0;
     this.spill?.close();
     this.spill = undefined;

@@ -1,6 +1,9 @@
 import type { Logger } from '../lib/log';
 import type { InstanceInfo, QueueStore } from '../lib/store';
 
+/** How often a delivery that finds the lease unsure may renew it. */
+const ENSURE_INTERVAL_MS = 1_000;
+
 /**
  * This instance's lease on its messages (docs/pool.md). It is renewed every
  * quarter lease; the service lets survivors take the messages over once it
@@ -15,7 +18,11 @@ export class Lease {
   private timer?: NodeJS.Timeout;
   private walkDone = false;
   private held = false;
+  /** performance.now() when the renewal was sent that began the current run of sure renewals. */
+  private heldSince = Infinity;
   private readonly startedAt = new Date();
+  private renewing?: Promise<boolean>;
+  private lastEnsuredAt = -Infinity;
 
   constructor(
     private readonly store: QueueStore,
@@ -37,14 +44,39 @@ export class Lease {
     clearInterval(this.timer);
   }
 
-  async renew(): Promise<boolean> {
+  /** Renews now; a renewal already under way is shared rather than sent twice. */
+  renew(): Promise<boolean> {
+    this.renewing ??= this.sendRenewal().finally(() => (this.renewing = undefined));
+    return this.renewing;
+  }
+
+  /**
+   * Whether this instance may deliver, renewing first if it may not: after
+   * an outage the mail waits for one renewal, not for the next tick of the
+   * timer (a quarter lease). At most one such renewal a second.
+   */
+  async ensure(): Promise<boolean> {
+    if (this.isSure()) return true;
+    if (!this.renewing) {
+      if (performance.now() - this.lastEnsuredAt < ENSURE_INTERVAL_MS) return false;
+      this.lastEnsuredAt = performance.now();
+    }
+    return (await this.renew()) && this.isSure();
+  }
+
+  private async sendRenewal(): Promise<boolean> {
     const sentAt = performance.now();
     try {
       const info = await this.store.instanceHeartbeat(this.instance, this.leaseMs, { walkDone: this.walkDone, startedAt: this.startedAt });
+      // a lapse nobody noticed (no delivery asked) is still a lapse: what was kept while sure is dropped
+      this.isSure();
       this.renewedAt = Math.max(this.renewedAt, sentAt);
-      this.onRenewed(info);
-      if (!this.held) this.log.info({ leaseMs: this.leaseMs }, `lease of ${this.instance} held`);
+      if (!this.held) {
+        this.heldSince = sentAt;
+        this.log.info({ leaseMs: this.leaseMs }, `lease of ${this.instance} held`);
+      }
       this.held = true;
+      this.onRenewed(info);
       return true;
     } catch (err) {
       this.log.warn({ err }, `could not renew the lease of ${this.instance}`);
@@ -65,6 +97,16 @@ export class Lease {
       this.onLapse();
     }
     return sure;
+  }
+
+  /**
+   * While the lease is sure, since when (performance.now()) it has been held
+   * without a break: nobody can have taken this instance's mail over since
+   * then, so what it learnt of its mail since then is still true. Undefined
+   * while it is not sure.
+   */
+  sureSince(): number | undefined {
+    return this.isSure() ? this.heldSince : undefined;
   }
 
   /** Tells the service that smtpd has loaded the queue: messages may now be fed to it one by one. */

@@ -5,6 +5,8 @@ import type { SmtpdDiscover } from './discover';
 
 const PAGE = 500;
 const RETRY_MS = 10_000;
+/** How long after smtpd's walk a round checks that the walk missed nothing. */
+const CHECK_AFTER_WALK_MS = 5_000;
 
 /**
  * Nothing this instance owns stays unknown to its running smtpd. smtpd
@@ -14,7 +16,10 @@ const RETRY_MS = 10_000;
  * `smtpctl discover`. A round runs when the instance's heartbeat says that
  * messages were claimed for it. It walks this owner's envelopes in the service
  * and discovers each that smtpd does not have; a round that could not hand
- * over everything is tried again later. Rounds run one at a time, never
+ * over everything is tried again later. One round also runs a few seconds
+ * after the walk: a walk page that a storage answered wrongly (the legacy
+ * Datastore emulator, restarting, answered one empty) would otherwise leave
+ * mail unknown until the next start. Rounds run one at a time, never
  * before smtpd's walk is done (it would be given an envelope twice, and
  * exit), and never inside an smtpd call.
  */
@@ -45,6 +50,7 @@ export class Reconciler {
       this.again = false;
       this.request();
     }
+    this.later(CHECK_AFTER_WALK_MS);
   }
 
   stop(): void {
@@ -78,9 +84,9 @@ export class Reconciler {
     while (this.running) await this.running;
   }
 
-  private later(): void {
+  private later(ms = RETRY_MS): void {
     clearTimeout(this.timer);
-    this.timer = setTimeout(() => this.request(), RETRY_MS);
+    this.timer = setTimeout(() => this.request(), ms);
     this.timer.unref();
   }
 

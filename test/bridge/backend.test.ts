@@ -212,6 +212,19 @@ async function until(what: string, check: () => boolean | Promise<boolean>, ms =
   }
 }
 
+/** A lease short enough for a test to let it lapse. */
+const SHORT_LEASE_MS = 400;
+
+/**
+ * The bridge's lease lapses: its renewals fail for longer than half a lease
+ * (and than a whole one, so that another instance may take its mail over).
+ * The service is otherwise up. Renewals work again after `heal`.
+ */
+async function lapse(b: Bridge): Promise<void> {
+  b.store.fail('instanceHeartbeat');
+  await sleep(SHORT_LEASE_MS * 1.2);
+}
+
 const settled = (b: Bridge) => until('the background writes are done', () => b.backend.pendingWrites === 0);
 
 describe('ENVELOPE_LOAD while the service does not answer', () => {
@@ -270,8 +283,9 @@ describe('ENVELOPE_LOAD while the service does not answer', () => {
     ['a connection reset', () => new Error('socket hang up')],
     ['a refused credential', () => new QueueError('unauthorized', 'bad token')],
   ])('answers from the local copy on %s, which says nothing of the envelope', async (_fault, error) => {
-    const b = await running();
+    const b = await running(undefined, { leaseMs: SHORT_LEASE_MS });
     const [evpid] = (await b.smtpd.accept(['a@example.test'])).evpids;
+    await lapse(b); // else the copy answers without asking
     b.store.error = error;
     b.store.failNext('envelopeLoad', 1);
     expect(await b.smtpd.envelopeLoad(evpid)).toEqual(envelope('a@example.test'));
@@ -279,10 +293,56 @@ describe('ENVELOPE_LOAD while the service does not answer', () => {
   });
 
   test('answers from the local copy within timeout + retry budget when the request hangs', async () => {
-    const b = await running();
+    const b = await running(undefined, { leaseMs: SHORT_LEASE_MS });
     const [evpid] = (await b.smtpd.accept(['a@example.test'])).evpids;
+    await lapse(b);
     b.store.hang('envelopeLoad');
     expect(await answered('LOAD', b.smtpd.envelopeLoad(evpid))).toEqual(envelope('a@example.test'));
+  });
+});
+
+describe('ENVELOPE_LOAD while the lease holds', () => {
+  test('costs no request for an envelope the bridge walked, committed, updated or created', async () => {
+    const inner = memoryQueue();
+    const { envelopes } = await seed(inner, ['walked@example.test']);
+    const b = await running(inner);
+    const { msgid, evpids } = await b.smtpd.accept(['a@example.test']);
+    const updated = envelope('a@example.test', 'retry: 1\n');
+    expect(await b.smtpd.envelopeUpdate(evpids[0], updated)).toBe(1);
+    const notice = (await b.smtpd.envelopeCreate(msgid, bounce('bounce@example.test')))!;
+    expect(await b.smtpd.envelopeLoad(envelopes[0].evpid)).toEqual(envelopes[0].data);
+    expect(await b.smtpd.envelopeLoad(evpids[0])).toEqual(updated);
+    expect(await b.smtpd.envelopeLoad(notice)).toEqual(bounce('bounce@example.test'));
+    expect(b.store.calls('envelopeLoad')).toBe(0);
+  });
+
+  test('asks the service for an envelope it learnt of before the lease held, and only once', async () => {
+    const inner = memoryQueue();
+    const { envelopes } = await seed(inner, ['a@example.test']);
+    const b = bridge(inner);
+    b.store.failNext('instanceHeartbeat', 1); // the walk runs before the lease holds
+    await b.smtpd.init();
+    expect(await b.smtpd.walkAll()).toHaveLength(1);
+    await until('the lease to hold', () => b.backend.leaseSure, 20_000);
+    expect(await b.smtpd.envelopeLoad(envelopes[0].evpid)).toEqual(envelopes[0].data);
+    expect(await b.smtpd.envelopeLoad(envelopes[0].evpid)).toEqual(envelopes[0].data);
+    expect(b.store.calls('envelopeLoad')).toBe(1);
+  });
+});
+
+describe('MESSAGE_FD_R after the lease lapsed', () => {
+  test('renews the lease at once when the service is back, instead of waiting for the next renewal', async () => {
+    const b = await running(undefined, { leaseMs: 4_000 });
+    const { msgid } = await b.smtpd.accept(['a@example.test']);
+    b.store.fail('instanceHeartbeat');
+    await until('the lease to lapse', () => !b.backend.leaseSure, 5_000);
+    expect(await b.smtpd.messageFd(msgid)).toBeNull();
+    await sleep(1_100); // deliveries renew at most once a second
+    b.store.heal();
+    // the timer would renew up to a second from now
+    const t0 = performance.now();
+    expect(await b.smtpd.messageFd(msgid)).toEqual(BODY);
+    expect(performance.now() - t0).toBeLessThan(100);
   });
 });
 
@@ -301,22 +361,27 @@ describe('ENVELOPE_LOAD answers empty only for an envelope that is gone or no lo
     expect(await b.smtpd.envelopeLoad(kept)).toEqual(envelope('b@example.test'));
   });
 
-  test('an envelope another instance has taken over, and the copy forgets it', async () => {
-    const b = await running();
-    const [evpid] = (await b.smtpd.accept(['a@example.test'])).evpids;
-    // this instance's lease runs out and mx2 claims its mail
-    await b.inner.instanceHeartbeat(OWNER, 1);
-    await sleep(5);
+  test('an envelope another instance has taken over while the lease had lapsed, and the copy forgets it', async () => {
+    const b = await running(undefined, { leaseMs: SHORT_LEASE_MS });
+    const [evpid, other] = (await b.smtpd.accept(['a@example.test', 'b@example.test'])).evpids;
+    // this instance's renewals fail for a whole lease, and mx2 claims its mail
+    await lapse(b);
     expect((await b.inner.queueTakeover('mx2')).claimed).toHaveLength(1);
+    // the lease holds again: what the copy knew from before the lapse is not trusted
+    b.store.heal();
+    await until('the lease to hold again', () => b.backend.leaseSure);
     expect(await b.smtpd.envelopeLoad(evpid)).toHaveLength(0);
     b.store.fail();
     expect(await b.smtpd.envelopeLoad(evpid)).toHaveLength(0);
+    // the other envelope of the message, not asked about yet: the copy answers while the service does not
+    expect(await b.smtpd.envelopeLoad(other)).toEqual(envelope('b@example.test'));
   });
 
-  test('an envelope the service says is gone, and the copy forgets it', async () => {
-    const b = await running();
+  test('an envelope the service says is gone, asked once the lease has lapsed, and the copy forgets it', async () => {
+    const b = await running(undefined, { leaseMs: SHORT_LEASE_MS });
     const [evpid] = (await b.smtpd.accept(['a@example.test', 'b@example.test'])).evpids;
-    await b.inner.envelopeDelete(evpid); // an administrator removed it
+    await b.inner.envelopeDelete(evpid); // removed behind the bridge's back
+    await lapse(b);
     expect(await b.smtpd.envelopeLoad(evpid)).toHaveLength(0);
     b.store.fail();
     expect(await b.smtpd.envelopeLoad(evpid)).toHaveLength(0);
@@ -664,6 +729,20 @@ describe('reconcile: nothing this instance owns stays unknown to its smtpd', () 
     await sleep(50);
     expect(fake.asked.filter((e) => e === orphans[1])).toHaveLength(2);
     expect(fake.asked.filter((e) => e === orphans[0])).toHaveLength(1);
+  });
+
+  test('checks after the walk: an envelope a wrong walk page left out is handed to smtpd a few seconds later', async () => {
+    const inner = memoryQueue();
+    const missed = await seed(inner, ['missed@example.test']);
+    // the storage answers the walk's first page empty, as the legacy emulator did once while it restarted
+    const walk = inner.envelopeWalk.bind(inner);
+    let wrong = true;
+    inner.envelopeWalk = async (page) => (wrong ? ((wrong = false), { items: [], cursor: null }) : walk(page));
+    const fake = discoverer();
+    const b = await running(inner, { discoverer: fake });
+    expect(b.walked).toHaveLength(0);
+    await waitFor(() => fake.asked.length >= 1, 10_000);
+    expect(fake.asked).toEqual([missed.envelopes[0].evpid]);
   });
 
   test('waits for the walk: claims made while smtpd loads its queue are handed over once the walk is done', async () => {

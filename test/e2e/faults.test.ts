@@ -35,11 +35,16 @@ const MESSAGES = 3;
 type Call = 'COMMIT' | 'COMMIT_PARTS' | 'LOAD' | 'UPDATE' | 'DELETE' | 'FD_R' | 'WALK' | 'BOUNCE';
 type Fault = FrontFault | 'storage-hang' | 'emulator-restart' | 'bridge-kill';
 
-/** The function each smtpd call reaches the service with. */
+/**
+ * The function each smtpd call reaches the service with. LOAD costs no
+ * request while the lease holds (the bridge's copy answers it), so its row's
+ * fault starts with the first request of the deliveries that LOAD: the read
+ * of a body.
+ */
 const FUNCTION: Record<Call, string> = {
   COMMIT: 'messageCommit',
   COMMIT_PARTS: 'messageWrite',
-  LOAD: 'envelopeLoad',
+  LOAD: 'messageFd',
   UPDATE: 'envelopeUpdate',
   DELETE: 'envelopeDelete',
   FD_R: 'messageFd',

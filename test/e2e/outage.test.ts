@@ -1,3 +1,4 @@
+import { writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { freePort, openSmtpClient, startSink, waitFor, type Sink } from '../../dev/mail';
@@ -105,14 +106,30 @@ test('after a minute of outage with 1,200 deliveries due, every envelope is deli
     await smtpd.stop();
     smtpd = await start(); // an empty envelope cache: every delivery must LOAD
 
-    front.arm('envelopeLoad', 'kill', OUTAGE_MS);
+    // from the first delivery's read of a body (LOADs cost no request while the lease holds: the bridge's copy answers them)
+    front.arm('messageFd', 'kill', OUTAGE_MS);
     const sink = await startSink({ port: relayPort });
     await smtpd.smtpctl('schedule', 'all');
     await waitFor('the outage to begin', () => (front.hit() ? true : undefined), 30_000);
     const during = setInterval(() => void smtpd.smtpctl('schedule', 'all').catch(() => undefined), 10_000);
     await front.healed();
     clearInterval(during);
+    const healedAt = Date.now();
+    const timeline: string[] = [];
+    if (process.env.DEBUG_OUTAGE) {
+      let calls: Record<string, number> = {};
+      front.onRequest = (fn) => (calls[fn] = (calls[fn] ?? 0) + 1);
+      const tick = setInterval(() => {
+        timeline.push(`${((Date.now() - healedAt) / 1000).toFixed(0)}s: ${received(sink).size} arrived; requests ${JSON.stringify(calls)}`);
+        calls = {};
+      }, 1_000);
+      tick.unref();
+    }
     const restMs = await drained(smtpd, sink, 180_000);
+    if (process.env.DEBUG_OUTAGE) {
+      console.log(timeline.join('\n'));
+      writeFileSync(path.join(suite.logDir(), 'smtpd.trace'), smtpd.output());
+    }
     await sleep(3_000);
     expectEachOnce(sink);
     expect(smtpd.output()).not.toMatch(/queue-proc: (bad response|pipe closed|exiting)/);
