@@ -4,8 +4,7 @@ import { z } from 'zod';
 import { authenticate } from './auth';
 import { ConfigError } from './config';
 import { QueueError, STATUS } from './errors';
-import type { BodyErrorRequest } from './json-errors';
-import './json-errors';
+import { setBodyGate, type GatedRequest } from './body-gate';
 import { createLogger, type Logger } from './log';
 export { Base64, b64, isBase64 } from './wire';
 import { service } from './service';
@@ -43,12 +42,60 @@ const logger = (): Logger => (log ??= createLogger({ name: 'queue' }));
 
 const CONTENT_TYPE = { json: 'application/json', bytes: 'application/octet-stream' } as const;
 
+/** The most body bytes each function reads; a function whose input is in its query string reads none. */
+const bodyCaps = new Map<string, number>();
+const capOf = (from: EndpointSpec<z.ZodType>['from']) => (from === 'json' ? JSON_MAX_BYTES : from === 'bytes' ? BYTES_MAX : 0);
+
+/**
+ * Before any byte of a body is read (lib/body-gate.ts): credentials, no
+ * compression, and a Content-Length within the function's cap. What fails
+ * is answered here; Node then discards what the client still sends, without
+ * keeping it (closing at once would make most clients lose the answer).
+ */
+setBodyGate((req, res) => {
+  const started = process.hrtime.bigint();
+  const name = req.queueFunction ?? process.env.FUNCTION_TARGET ?? '';
+  try {
+    authenticate(req.headers, service().config.auth);
+    const encoding = req.headers['content-encoding'];
+    if (encoding !== undefined && encoding !== 'identity') {
+      throw new QueueError('unsupported_media_type', 'send the request body uncompressed', { contentEncoding: encoding });
+    }
+    const cap = bodyCaps.get(name) ?? JSON_MAX_BYTES;
+    const length = Number(req.headers['content-length'] ?? 0);
+    if (length > cap) throw new QueueError('too_large', `request body is more than ${cap} bytes`, { limit: cap });
+    return cap;
+  } catch (err) {
+    const reply = errorReply(err);
+    refuseBody(req);
+    send(res, reply);
+    logRequest(name, req, reply, err, started, {});
+    return false;
+  }
+});
+
+/** How long a connection whose body was refused stays open, unread, for the client to read the answer. */
+const REFUSED_LINGER_MS = 2_000;
+
+/**
+ * Node reads and discards the rest of a body its answer did not read, and
+ * closing at once makes most clients lose the answer (their next write
+ * fails first). So nothing more is read: the client's writes stall, it
+ * reads the answer, and the connection ends soon after.
+ */
+function refuseBody(req: Request): void {
+  const socket = req.socket;
+  (req as unknown as { _dump: () => void })._dump = () => socket.pause();
+  setTimeout(() => socket.destroy(), REFUSED_LINGER_MS).unref();
+}
+
 export function endpoint<S extends z.ZodType>(
   name: string,
   spec: EndpointSpec<S>,
   run: (input: z.output<S>, req: Request) => Promise<Reply>,
 ): HttpFunction {
   const allowed = spec.method === 'GET' ? ['GET', 'HEAD'] : [spec.method];
+  bodyCaps.set(name, capOf(spec.from));
   const handler: HttpFunction = async (req: Request, res: Response) => {
     const started = process.hrtime.bigint();
     let reply: Reply;
@@ -66,29 +113,36 @@ export function endpoint<S extends z.ZodType>(
       failure = err;
       reply = errorReply(err);
     }
+    // a body cut off at its cap is not read further
+    if (!req.complete) refuseBody(req);
     send(res, reply);
-    const latency = Number(process.hrtime.bigint() - started) / 1e9;
-    const line = {
-      function: name,
-      ...fields,
-      latencyMs: Math.round(latency * 1e4) / 10,
-      httpRequest: {
-        requestMethod: req.method,
-        requestUrl: `/${name}${queryOf(req.originalUrl)}`,
-        status: reply.status,
-        latency: `${latency.toFixed(6)}s`,
-        requestSize: String(req.rawBody?.length ?? 0),
-        userAgent: req.get('user-agent'),
-        remoteIp: req.ip,
-      },
-    };
-    const message = `${req.method} ${name} ${reply.status}`;
-    if (reply.status >= 500) logger().error({ ...line, err: failure }, message);
-    else if (reply.status >= 400) logger().warn({ ...line, error: (failure as Error).message }, message);
-    else logger().info(line, message);
+    logRequest(name, req, reply, failure, started, fields);
   };
   functions.http(name, handler);
   return handler;
+}
+
+/** One log line per request, in Cloud Logging's shape. */
+function logRequest(name: string, req: Request, reply: Reply, failure: unknown, started: bigint, fields: Record<string, unknown>): void {
+  const latency = Number(process.hrtime.bigint() - started) / 1e9;
+  const line = {
+    function: name,
+    ...fields,
+    latencyMs: Math.round(latency * 1e4) / 10,
+    httpRequest: {
+      requestMethod: req.method,
+      requestUrl: `/${name}${queryOf(req.originalUrl)}`,
+      status: reply.status,
+      latency: `${latency.toFixed(6)}s`,
+      requestSize: String(req.rawBody?.length ?? 0),
+      userAgent: req.get('user-agent'),
+      remoteIp: req.ip,
+    },
+  };
+  const message = `${req.method} ${name} ${reply.status}`;
+  if (reply.status >= 500) logger().error({ ...line, err: failure }, message);
+  else if (reply.status >= 400) logger().warn({ ...line, error: (failure as Error).message }, message);
+  else logger().info(line, message);
 }
 
 /** Any failure while reading the input is the request's fault: a 4xx, never a 500. */
@@ -104,8 +158,8 @@ function parseInput<S extends z.ZodType>(spec: EndpointSpec<S>, req: Request): z
 function readInput<S extends z.ZodType>(spec: EndpointSpec<S>, req: Request): z.output<S> {
   let raw: unknown = req.query;
   if (spec.from !== 'query') {
-    const bodyError = (req as BodyErrorRequest).bodyError;
-    if (bodyError?.type === 'entity.too.large') throw new QueueError('too_large', 'request body is too large');
+    const bodyError = (req as GatedRequest).bodyError;
+    if (bodyError?.type === 'entity.too.large') throw new QueueError('too_large', 'request body is too large', { limit: capOf(spec.from) });
     if (bodyError) throw new QueueError('bad_request', `request body is not valid JSON: ${bodyError.message}`);
     const type = CONTENT_TYPE[spec.from];
     if (!req.is(type)) {

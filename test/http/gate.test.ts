@@ -1,0 +1,121 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, readFileSync } from 'node:fs';
+import http from 'node:http';
+import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { freePort } from '../../dev/emulator';
+
+/**
+ * Nothing of a request body is read before the request is authenticated,
+ * and no more of it than its function takes: `npm start` (dist/bin/serve.js)
+ * in a process of its own, whose memory is measured from /proc, with clients
+ * that stream their bodies from one small buffer.
+ */
+const SERVE = path.join(__dirname, '../../dist/bin/serve.js');
+const TOKEN = 'gate-test-token-0123456789abcdef';
+const MB = 1024 * 1024;
+
+let child: ChildProcess;
+let port: number;
+
+beforeAll(async () => {
+  if (!existsSync(SERVE)) throw new Error(`${SERVE} is missing: run npm run build first (npm test does)`);
+  port = await freePort();
+  child = spawn(process.execPath, [SERVE], {
+    env: { PATH: process.env.PATH, METADATA_SERVER_DETECTION: 'none', QUEUE_STORE: 'memory', QUEUE_TOKEN: TOKEN, PORT: String(port), LOG_LEVEL: 'error' },
+    stdio: ['ignore', 'ignore', 'inherit'],
+  });
+  for (let i = 0; i < 200; i++) {
+    const up = await fetch(`http://127.0.0.1:${port}/envelopeWalk`).then(() => true, () => false);
+    if (up) return;
+    await sleep(50);
+  }
+  throw new Error('npm start did not listen');
+});
+
+afterAll(async () => {
+  child.kill('SIGTERM');
+  await new Promise((resolve) => child.once('exit', resolve));
+});
+
+const rssBytes = () => Number(/^VmRSS:\s+(\d+) kB/m.exec(readFileSync(`/proc/${child.pid}/status`, 'utf8'))![1]) * 1024;
+
+interface Sent {
+  status: number;
+  /** From the start of the request to the response's headers. */
+  ms: number;
+  /** Body bytes the client had written when the answer came. */
+  written: number;
+}
+
+/** POSTs `bytes` of body, streamed in 1 MiB writes of the same buffer, with or without a Content-Length. */
+function post(fn: string, bytes: number, headers: Record<string, string>, options: { length?: boolean; method?: string } = {}): Promise<Sent> {
+  const chunk = Buffer.alloc(MB, 0x20);
+  const started = performance.now();
+  let written = 0;
+  return new Promise((resolve, reject) => {
+    const req = http.request({
+      host: '127.0.0.1',
+      port,
+      path: `/${fn}`,
+      method: options.method ?? 'POST',
+      headers: { 'content-type': 'application/json', ...(options.length === false ? {} : { 'content-length': String(bytes) }), ...headers },
+    });
+    let answered = false;
+    req.on('response', (res) => {
+      answered = true;
+      resolve({ status: res.statusCode!, ms: performance.now() - started, written });
+      res.resume();
+    });
+    // the server closes the connection on a refused body: the rest cannot be written
+    req.on('error', (err) => (answered ? undefined : reject(err)));
+    const pump = () => {
+      while (!answered && written < bytes) {
+        const n = Math.min(chunk.length, bytes - written);
+        written += n;
+        if (!req.write(n === chunk.length ? chunk : chunk.subarray(0, n))) return void req.once('drain', pump);
+      }
+      if (!answered) req.end();
+    };
+    req.flushHeaders();
+    pump();
+  });
+}
+
+const auth = { authorization: `Bearer ${TOKEN}` };
+
+test('100 concurrent unauthenticated 30 MB bodies: each answered 401 within 100 ms, and the service grows by less than 50 MB', async () => {
+  const before = rssBytes();
+  const sent = await Promise.all(Array.from({ length: 100 }, () => post('messageCreate', 30 * MB, {})));
+  const grown = rssBytes() - before;
+  expect(sent.map((s) => s.status)).toEqual(Array(100).fill(401));
+  const slowest = Math.max(...sent.map((s) => s.ms));
+  // eslint-disable-next-line no-console
+  console.log(`unauthenticated: slowest 401 after ${slowest.toFixed(1)} ms, RSS grew by ${(grown / MB).toFixed(1)} MB`);
+  expect(slowest).toBeLessThan(100);
+  expect(grown).toBeLessThan(50 * MB);
+}, 60_000);
+
+test('an unauthenticated body without a Content-Length is refused before it is read, too', async () => {
+  const sent = await post('messageCommit', 30 * MB, {}, { length: false });
+  expect(sent.status).toBe(401);
+  expect(sent.written).toBeLessThan(30 * MB);
+});
+
+test("a Content-Length over the function's cap is answered 413 before the body is read", async () => {
+  const sent = await post('messageCreate', 13 * MB, auth);
+  expect(sent.status).toBe(413);
+  expect(sent.written).toBeLessThan(13 * MB);
+});
+
+test("a body without a Content-Length is cut off with 413 once it passes the function's cap", async () => {
+  // messageWrite takes parts of at most 8 MB
+  const sent = await post('messageWrite?msgid=01234567&offset=0', 30 * MB, { ...auth, 'content-type': 'application/octet-stream' }, { length: false, method: 'PUT' });
+  expect(sent.status).toBe(413);
+  expect(sent.written).toBeLessThan(30 * MB);
+});
+
+test('a compressed body is refused (415) before it is read', async () => {
+  const sent = await post('messageCreate', 2 * MB, { ...auth, 'content-encoding': 'gzip' });
+  expect(sent.status).toBe(415);
+});
