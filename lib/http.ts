@@ -4,7 +4,8 @@ import { z } from 'zod';
 import { authenticate } from './auth';
 import { ConfigError } from './config';
 import { QueueError, STATUS } from './errors';
-import { setBodyGate, type GatedRequest } from './body-gate';
+import getRawBody from 'raw-body';
+import { setBodyGate } from './body-gate';
 import { createLogger, type Logger } from './log';
 export { Base64, b64, isBase64 } from './wire';
 import { service } from './service';
@@ -64,7 +65,7 @@ setBodyGate((req, res) => {
     const cap = bodyCaps.get(name) ?? JSON_MAX_BYTES;
     const length = Number(req.headers['content-length'] ?? 0);
     if (length > cap) throw new QueueError('too_large', `request body is more than ${cap} bytes`, { limit: cap });
-    return cap;
+    return true;
   } catch (err) {
     const reply = errorReply(err);
     refuseBody(req);
@@ -106,6 +107,7 @@ export function endpoint<S extends z.ZodType>(
         throw new QueueError('method_not_allowed', `${name} takes ${spec.method}`, { allow: allowed.join(', ') });
       }
       authenticate(req.headers, service().config.auth);
+      if (spec.from !== 'query') await readBody(spec, req);
       const input = parseInput(spec, req);
       fields = idsOf(input);
       reply = await run(input, req);
@@ -113,7 +115,7 @@ export function endpoint<S extends z.ZodType>(
       failure = err;
       reply = errorReply(err);
     }
-    // a body cut off at its cap is not read further
+    // a body refused part way is not read further
     if (!req.complete) refuseBody(req);
     send(res, reply);
     logRequest(name, req, reply, failure, started, fields);
@@ -145,6 +147,25 @@ function logRequest(name: string, req: Request, reply: Reply, failure: unknown, 
   else logger().info(line, message);
 }
 
+/**
+ * Reads the body, once its content type is right, up to the function's cap:
+ * one that passes it is cut off there, whatever its Content-Length said.
+ */
+async function readBody(spec: EndpointSpec<z.ZodType>, req: Request): Promise<void> {
+  const type = CONTENT_TYPE[spec.from as 'json' | 'bytes'];
+  if (!req.is(type)) {
+    throw new QueueError('unsupported_media_type', `send the request body as ${type}`, { contentType: req.get('content-type') ?? null });
+  }
+  const limit = capOf(spec.from);
+  try {
+    req.rawBody = await getRawBody(req, { limit, length: req.headers['content-length'] });
+  } catch (err) {
+    const type = (err as { type?: string }).type;
+    if (type === 'entity.too.large') throw new QueueError('too_large', `request body is more than ${limit} bytes`, { limit });
+    throw new QueueError('bad_request', `the request body could not be read: ${(err as Error).message}`);
+  }
+}
+
 /** Any failure while reading the input is the request's fault: a 4xx, never a 500. */
 function parseInput<S extends z.ZodType>(spec: EndpointSpec<S>, req: Request): z.output<S> {
   try {
@@ -158,20 +179,15 @@ function parseInput<S extends z.ZodType>(spec: EndpointSpec<S>, req: Request): z
 function readInput<S extends z.ZodType>(spec: EndpointSpec<S>, req: Request): z.output<S> {
   let raw: unknown = req.query;
   if (spec.from !== 'query') {
-    const bodyError = (req as GatedRequest).bodyError;
-    if (bodyError?.type === 'entity.too.large') throw new QueueError('too_large', 'request body is too large', { limit: capOf(spec.from) });
-    if (bodyError) throw new QueueError('bad_request', `request body is not valid JSON: ${bodyError.message}`);
-    const type = CONTENT_TYPE[spec.from];
-    if (!req.is(type)) {
-      throw new QueueError('unsupported_media_type', `send the request body as ${type}`, { contentType: req.get('content-type') ?? null });
-    }
-    const limit = spec.from === 'json' ? JSON_MAX_BYTES : BYTES_MAX;
-    if ((req.rawBody?.length ?? 0) > limit) {
-      throw new QueueError('too_large', `request body is more than ${limit} bytes`, { limit });
-    }
+    const body = req.rawBody ?? Buffer.alloc(0);
+    if (spec.from === 'bytes') req.body = body;
     if (spec.from === 'json') {
       if (Object.keys(req.query).length > 0) throw new QueueError('bad_request', 'this function takes no query parameters');
-      raw = req.body;
+      try {
+        raw = JSON.parse(body.toString('utf8'));
+      } catch (err) {
+        throw new QueueError('bad_request', `request body is not valid JSON: ${(err as Error).message}`);
+      }
     }
   }
   const parsed = spec.input.safeParse(raw);
