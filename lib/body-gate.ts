@@ -1,5 +1,6 @@
 import path from 'node:path';
 import type { Request, Response } from '@google-cloud/functions-framework';
+import type { Caller } from './auth';
 
 /**
  * functions-framework reads and parses every request body (JSON, text,
@@ -14,10 +15,16 @@ import type { Request, Response } from '@google-cloud/functions-framework';
 export interface GatedRequest extends Request {
   /** The function a request is for, when one server serves them all (lib/server.ts). */
   queueFunction?: string;
+  /** Who sent it, once the gate has checked its credentials. */
+  caller?: Caller;
 }
 
-/** Answers the request and returns false, or returns true to let it through. */
-export type Gate = (req: GatedRequest, res: Response) => boolean;
+/**
+ * Answers the request and returns false, or returns true to let it through.
+ * It may take its time (a credential looked up in storage): the body waits,
+ * unread, until it has decided.
+ */
+export type Gate = (req: GatedRequest, res: Response) => boolean | Promise<boolean>;
 
 type Middleware = (req: GatedRequest, res: Response, next: (err?: unknown) => void) => void;
 type ParserFactory = ((options?: unknown) => Middleware) & { gated?: true };
@@ -39,9 +46,11 @@ for (const kind of ['json', 'text', 'urlencoded', 'raw']) {
   // the framework puts one of these before the function for each kind of body; the first one is the gate
   const gated: ParserFactory = () => (req, res, next) => {
     if (passed.has(req)) return next();
-    if (!gate(req, res)) return;
-    passed.add(req);
-    next();
+    Promise.resolve(gate(req, res)).then((open) => {
+      if (!open) return;
+      passed.add(req);
+      next();
+    }, next);
   };
   gated.gated = true;
   bodyParser[kind] = gated;

@@ -1,18 +1,20 @@
 import * as functions from '@google-cloud/functions-framework';
 import type { HttpFunction, Request, Response } from '@google-cloud/functions-framework';
 import { z } from 'zod';
-import { authenticate } from './auth';
+import { authenticate, type Caller } from './auth';
 import { ConfigError } from './config';
-import { QueueError, STATUS } from './errors';
+import type { Credentials } from './credentials';
+import { forbidden, QueueError, STATUS } from './errors';
 import getRawBody from 'raw-body';
-import { setBodyGate } from './body-gate';
+import { setBodyGate, type GatedRequest } from './body-gate';
 import { createLogger, type Logger } from './log';
 export { Base64, b64, isBase64 } from './wire';
 import { service } from './service';
 
 /**
- * The one wrapper every function goes through: method, credentials, content
- * type and input are checked before the function body runs, errors become
+ * The one wrapper every function goes through: method, credentials, the
+ * caller's rights, content type and input are checked before the function
+ * body runs, errors become
  * JSON answers with their status, and each request makes one log line. It
  * registers the function with functions-framework under its name.
  */
@@ -25,11 +27,22 @@ export interface Reply {
   headers?: Record<string, string>;
 }
 
+export type Access = 'admin' | { self: 'owner' | 'instance' };
+
 export interface EndpointSpec<S extends z.ZodType> {
   method: Method;
   /** Where the input is: the query string (GET), a JSON body, or the query string of a binary body. */
   from: 'query' | 'json' | 'bytes';
   input: S;
+  /**
+   * Who may call it beside role 'any' (lib/auth.ts), which may call every
+   * function: administrators alone (the default), or also an MX acting as
+   * itself. `self` is the input field naming the instance a request acts for
+   * (its owner, the instance that heartbeats, the claimant): an MX's
+   * requests get its own instance there, and naming another one is refused
+   * (403).
+   */
+  access?: Access;
 }
 
 /** Largest JSON request: an 8 MB inline body in base64 plus its envelopes. */
@@ -43,26 +56,29 @@ const logger = (): Logger => (log ??= createLogger({ name: 'queue' }));
 
 const CONTENT_TYPE = { json: 'application/json', bytes: 'application/octet-stream' } as const;
 
-/** The most body bytes each function reads; a function whose input is in its query string reads none. */
-const bodyCaps = new Map<string, number>();
+/** The most body bytes each function reads (a function whose input is in its query string reads none), and who may call it. */
+const gateRules = new Map<string, { cap: number; access: Access }>();
 const capOf = (from: EndpointSpec<z.ZodType>['from']) => (from === 'json' ? JSON_MAX_BYTES : from === 'bytes' ? BYTES_MAX : 0);
 
 /**
- * Before any byte of a body is read (lib/body-gate.ts): credentials, no
- * compression, and a Content-Length within the function's cap. What fails
- * is answered here; Node then discards what the client still sends, without
- * keeping it (closing at once would make most clients lose the answer).
+ * Before any byte of a body is read (lib/body-gate.ts): credentials and the
+ * caller's right to the function, no compression, and a Content-Length
+ * within the function's cap. What fails is answered here; Node then discards
+ * what the client still sends, without keeping it (closing at once would
+ * make most clients lose the answer).
  */
-setBodyGate((req, res) => {
+setBodyGate(async (req, res) => {
   const started = process.hrtime.bigint();
   const name = req.queueFunction ?? process.env.FUNCTION_TARGET ?? '';
   try {
-    authenticate(req.headers, service().config.auth);
+    const rules = gateRules.get(name);
+    req.caller = await callerOf(req);
+    if (rules) authorize(req.caller, rules.access);
     const encoding = req.headers['content-encoding'];
     if (encoding !== undefined && encoding !== 'identity') {
       throw new QueueError('unsupported_media_type', 'send the request body uncompressed', { contentEncoding: encoding });
     }
-    const cap = bodyCaps.get(name) ?? JSON_MAX_BYTES;
+    const cap = rules?.cap ?? JSON_MAX_BYTES;
     const length = Number(req.headers['content-length'] ?? 0);
     if (length > cap) throw new QueueError('too_large', `request body is more than ${cap} bytes`, { limit: cap });
     return true;
@@ -90,13 +106,50 @@ function refuseBody(req: Request): void {
   setTimeout(() => socket.destroy(), REFUSED_LINGER_MS).unref();
 }
 
+/** Who sent the request, from its headers. */
+async function callerOf(req: Request): Promise<Caller> {
+  const { config } = service();
+  return authenticate(req.headers, config.auth, config.auth.mode === 'tokens' ? credentials() : undefined);
+}
+
+/** The service's issued credentials (QUEUE_AUTH=tokens). */
+export function credentials(): Credentials {
+  const { credentials } = service();
+  if (!credentials) throw new ConfigError('this service has no store of credentials');
+  return credentials;
+}
+
+/** Who sent a request, and to a function of what access. */
+interface Who {
+  caller: Caller;
+  access: Access;
+}
+
+function authorize(caller: Caller, access: Access): void {
+  if (caller.role === 'mx' && access === 'admin') throw forbidden('this function is for administrators', { instance: caller.instance });
+}
+
+/**
+ * An MX acts as its own instance: the field that names the instance a
+ * request is for gets it, unless the request names another, which is refused.
+ */
+function actingAsCaller(raw: unknown, { caller, access }: Who): unknown {
+  if (caller.role !== 'mx' || access === 'admin' || typeof raw !== 'object' || raw === null || Array.isArray(raw)) return raw;
+  const named = (raw as Record<string, unknown>)[access.self];
+  if (named !== undefined && named !== caller.instance) {
+    throw forbidden(`${caller.instance} may act only as itself`, { instance: caller.instance, [access.self]: named });
+  }
+  return { ...raw, [access.self]: caller.instance };
+}
+
 export function endpoint<S extends z.ZodType>(
   name: string,
   spec: EndpointSpec<S>,
   run: (input: z.output<S>, req: Request) => Promise<Reply>,
 ): HttpFunction {
   const allowed = spec.method === 'GET' ? ['GET', 'HEAD'] : [spec.method];
-  bodyCaps.set(name, capOf(spec.from));
+  const access = spec.access ?? 'admin';
+  gateRules.set(name, { cap: capOf(spec.from), access });
   const handler: HttpFunction = async (req: Request, res: Response) => {
     const started = process.hrtime.bigint();
     let reply: Reply;
@@ -106,9 +159,10 @@ export function endpoint<S extends z.ZodType>(
       if (!allowed.includes(req.method)) {
         throw new QueueError('method_not_allowed', `${name} takes ${spec.method}`, { allow: allowed.join(', ') });
       }
-      authenticate(req.headers, service().config.auth);
+      const caller = (req as GatedRequest).caller ?? (await callerOf(req));
+      authorize(caller, access);
       if (spec.from !== 'query') await readBody(spec, req);
-      const input = parseInput(spec, req);
+      const input = parseInput(spec, req, { caller, access });
       fields = idsOf(input);
       reply = await run(input, req);
     } catch (err) {
@@ -167,16 +221,16 @@ async function readBody(spec: EndpointSpec<z.ZodType>, req: Request): Promise<vo
 }
 
 /** Any failure while reading the input is the request's fault: a 4xx, never a 500. */
-function parseInput<S extends z.ZodType>(spec: EndpointSpec<S>, req: Request): z.output<S> {
+function parseInput<S extends z.ZodType>(spec: EndpointSpec<S>, req: Request, who: Who): z.output<S> {
   try {
-    return readInput(spec, req);
+    return readInput(spec, req, who);
   } catch (err) {
     if (err instanceof QueueError) throw err;
     throw new QueueError('bad_request', `the request could not be parsed: ${(err as Error)?.message ?? err}`, {}, { cause: err });
   }
 }
 
-function readInput<S extends z.ZodType>(spec: EndpointSpec<S>, req: Request): z.output<S> {
+function readInput<S extends z.ZodType>(spec: EndpointSpec<S>, req: Request, who: Who): z.output<S> {
   let raw: unknown = req.query;
   if (spec.from !== 'query') {
     const body = req.rawBody ?? Buffer.alloc(0);
@@ -190,7 +244,7 @@ function readInput<S extends z.ZodType>(spec: EndpointSpec<S>, req: Request): z.
       }
     }
   }
-  const parsed = spec.input.safeParse(raw);
+  const parsed = spec.input.safeParse(actingAsCaller(raw, who));
   if (!parsed.success) {
     throw new QueueError('bad_request', 'invalid request', {
       issues: parsed.error.issues.map((i) => ({ path: i.path.join('.'), message: i.message })),

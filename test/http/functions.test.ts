@@ -31,6 +31,9 @@ const METHOD: Record<FunctionName, 'GET' | 'POST' | 'PUT'> = {
   instanceHeartbeat: 'POST',
   queueStatus: 'GET',
   queueTakeover: 'POST',
+  credentialIssue: 'POST',
+  credentialRevoke: 'POST',
+  credentialList: 'GET',
 };
 
 interface Ask {
