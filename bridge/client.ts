@@ -3,6 +3,7 @@ import { Agent, type Dispatcher } from 'undici';
 import { z } from 'zod';
 import { Responses, toEnvelopeJson, type FunctionName } from '../lib/api';
 import { TOKEN_HEADER } from '../lib/auth';
+import type { Grant } from '../lib/credentials';
 import { isErrorCode, QueueError } from '../lib/errors';
 import { b64 } from '../lib/wire';
 import type { Evpid, Msgid } from '../lib/ids';
@@ -231,6 +232,19 @@ export class HttpQueueStore implements QueueStore {
   /** The instances and the counts in one request, as `queue-rest status` shows them. */
   async queueStatus(): Promise<{ instances: InstanceInfo[]; counts: QueueCount[] }> {
     return this.json('queueStatus', Responses.queueStatus, { method: 'GET' });
+  }
+
+  /** Administrators only (QUEUE_AUTH=tokens): a new credential, whose token is answered this once. */
+  async credentialIssue(grant: Grant): Promise<z.output<typeof Responses.credentialIssue>> {
+    return this.json('credentialIssue', Responses.credentialIssue, { method: 'POST', json: grant });
+  }
+
+  async credentialRevoke(target: { digest: string } | { instance: string }): Promise<z.output<typeof Responses.credentialRevoke>['revoked']> {
+    return (await this.json('credentialRevoke', Responses.credentialRevoke, { method: 'POST', json: target })).revoked;
+  }
+
+  async credentialList(): Promise<z.output<typeof Responses.credentialList>['credentials']> {
+    return (await this.json('credentialList', Responses.credentialList, { method: 'GET' })).credentials;
   }
 
   async close(): Promise<void> {

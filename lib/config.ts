@@ -68,18 +68,19 @@ export function readToken(env: { QUEUE_TOKEN?: string; QUEUE_TOKEN_FILE?: string
   return readSecret('QUEUE_TOKEN', env.QUEUE_TOKEN, env.QUEUE_TOKEN_FILE);
 }
 
-/** Reads a secret given as `name`, or the first line of the file `name`_FILE names; it must be long enough to guess. */
+/** Reads the secret `name` given inline, or the first line of the file `name`_FILE names. */
 export function readSecret(name: string, value: string | undefined, file: string | undefined): string | undefined {
-  let secret: string | undefined;
-  if (value) {
-    secret = secretText(value);
-  } else if (file) {
-    try {
-      secret = secretText(readFileSync(file, 'utf8'));
-    } catch (err) {
-      throw new ConfigError(`cannot read ${name}_FILE ${file}: ${(err as Error).message}`);
-    }
+  if (value) return secretText(value);
+  if (!file) return undefined;
+  try {
+    return secretText(readFileSync(file, 'utf8'));
+  } catch (err) {
+    throw new ConfigError(`cannot read ${name}_FILE ${file}: ${(err as Error).message}`);
   }
+}
+
+/** A secret of the service's must be too long to guess. */
+function longEnough(name: string, secret: string | undefined): string | undefined {
   if (secret !== undefined && secret.length < MIN_TOKEN_LENGTH) throw new ConfigError(`${name} must be at least ${MIN_TOKEN_LENGTH} characters`);
   return secret;
 }
@@ -101,8 +102,8 @@ function parseIamMx(text: string | undefined): Record<string, string> {
 const listOf = (text: string | undefined) => (text ?? '').split(',').map((s) => s.trim()).filter(Boolean);
 
 function authConfig(e: z.output<typeof Env>): AuthConfig {
-  const token = readToken(e);
-  const adminToken = readSecret('QUEUE_ADMIN_TOKEN', e.QUEUE_ADMIN_TOKEN, e.QUEUE_ADMIN_TOKEN_FILE);
+  const token = longEnough('QUEUE_TOKEN', readToken(e));
+  const adminToken = longEnough('QUEUE_ADMIN_TOKEN', readSecret('QUEUE_ADMIN_TOKEN', e.QUEUE_ADMIN_TOKEN, e.QUEUE_ADMIN_TOKEN_FILE));
   if (e.QUEUE_AUTH === 'token' && !token) {
     throw new ConfigError(
       'no queue token: set QUEUE_TOKEN or QUEUE_TOKEN_FILE, or QUEUE_AUTH=tokens for one credential per MX, or QUEUE_AUTH=iam behind Google IAM, or QUEUE_AUTH=none for local use only',
