@@ -84,7 +84,8 @@ setBodyGate(async (req, res) => {
     return true;
   } catch (err) {
     const reply = errorReply(err);
-    refuseBody(req);
+    // a body that has all arrived meanwhile is dropped by Node, and the connection kept
+    if (!req.complete) refuseBody(req);
     send(res, reply);
     logRequest(name, req, reply, err, started, {});
     return false;
