@@ -151,7 +151,7 @@ async function credential(store: HttpQueueStore, [action, target]: (string | und
   if (action === 'issue' && grant) {
     const issued = await store.credentialIssue(grant);
     print(issued, () => `${issued.token}\n`);
-    process.stderr.write(`credential ${issued.credential.digest} for ${issued.credential.instance ?? 'an administrator'}: its token, above, is not shown again\n`);
+    process.stderr.write(`credential ${issued.credential.digest} for ${issued.credential.instance ?? 'an administrator'}: its token is printed this once, and kept nowhere\n`);
     return 0;
   }
   if (action === 'revoke' && target !== undefined) {
