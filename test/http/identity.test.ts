@@ -2,6 +2,7 @@ import { createHash } from 'node:crypto';
 import net from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { FUNCTION_NAMES, type FunctionName } from '../../lib/api';
+import { loadConfig } from '../../lib/config';
 import { Credentials } from '../../lib/credentials';
 import { randomEvpid, randomMsgid } from '../../lib/ids';
 import { Queue } from '../../lib/queue';
@@ -73,6 +74,31 @@ describe.each(storages)('one identity per MX, over %s', (_name, storageFor) => {
     expect((await queue.messageRead(msgid)).info.owner).toBe('mx1');
     expect((await ask(service, 'messageFd', { token: mx1, query: { msgid } })).bytes).toEqual(body);
     expect((await ask(service, 'messageFd', { token: mx1, query: { msgid, owner: 'mx1' } })).status).toBe(200);
+  });
+
+  test("every call the bridge makes passes with its own credential", async () => {
+    const bridge = service.client({ token: mx1 });
+    try {
+      await bridge.instanceHeartbeat('mx1', 60_000, { startedAt: new Date() });
+      await bridge.messagePurge('mx1');
+      await bridge.queueTakeover('mx1');
+      const msgid = randomMsgid();
+      const evpid = randomEvpid(msgid);
+      const body = Buffer.from('via the bridge');
+      await bridge.messageCreate([msgid], 'mx1');
+      await bridge.messageCommit({ msgid, owner: 'mx1', size: body.length, sha256: sha256hex(body), body, envelopes: [{ evpid, data: envelopeText }] });
+      await bridge.envelopeCreate({ evpid: randomEvpid(msgid), data: envelopeText }, { owner: 'mx1' });
+      expect((await bridge.envelopeWalk({ owner: 'mx1', limit: 1000 })).items.map((e) => e.evpid)).toContain(evpid);
+      expect(await bridge.envelopeLoad(evpid, { owner: 'mx1' })).toEqual(envelopeText);
+      expect((await bridge.messageRead(msgid, { owner: 'mx1' })).data).toEqual(body);
+      await bridge.envelopeUpdate({ evpid, data: Buffer.from('updated') }, { owner: 'mx1' });
+      expect(await bridge.envelopeDelete(evpid, { owner: 'mx1' })).toMatchObject({ deleted: true });
+      const rolledBack = randomMsgid();
+      await bridge.messageCreate([rolledBack], 'mx1');
+      expect(await bridge.messageDelete(rolledBack, { owner: 'mx1' })).toEqual({ deleted: true });
+    } finally {
+      await bridge.close();
+    }
   });
 
   describe("an MX naming another MX's instance is refused with 403, and nothing changes", () => {
@@ -321,5 +347,28 @@ describe('QUEUE_AUTH=token, the shared token: one identity that may do everythin
     const issued = await ask(service, 'credentialIssue', { json: { role: 'mx', instance: 'mx7' } });
     expect(issued.status).toBe(201);
     expect((await ask(service, 'envelopeWalk', { token: issued.json.token })).status).toBe(401);
+  });
+});
+
+describe('the identity settings (lib/config.ts)', () => {
+  const base = { QUEUE_STORE: 'memory' };
+
+  test('QUEUE_AUTH=tokens takes the bootstrap token from QUEUE_ADMIN_TOKEN, and no shared token', () => {
+    expect(loadConfig({ ...base, QUEUE_AUTH: 'tokens', QUEUE_ADMIN_TOKEN: ADMIN_TOKEN }).auth).toEqual({ mode: 'tokens', adminToken: ADMIN_TOKEN });
+    expect(() => loadConfig({ ...base, QUEUE_AUTH: 'tokens', QUEUE_TOKEN: TEST_TOKEN })).toThrow(/has no shared token/);
+    expect(() => loadConfig({ ...base, QUEUE_AUTH: 'tokens', QUEUE_ADMIN_TOKEN: 'short' })).toThrow(/QUEUE_ADMIN_TOKEN must be at least 16/);
+  });
+
+  test('QUEUE_IAM_MX and QUEUE_IAM_ADMINS map service accounts to identities', () => {
+    const { auth } = loadConfig({ ...base, QUEUE_AUTH: 'iam', QUEUE_IAM_MX: 'mx1=a@p.iam.gserviceaccount.com, mx2=b@p.iam.gserviceaccount.com', QUEUE_IAM_ADMINS: 'ops@example.com' });
+    expect(auth.iam).toEqual({ mx: { 'a@p.iam.gserviceaccount.com': 'mx1', 'b@p.iam.gserviceaccount.com': 'mx2' }, admins: ['ops@example.com'] });
+    expect(() => loadConfig({ ...base, QUEUE_AUTH: 'iam', QUEUE_IAM_MX: 'a@p.iam.gserviceaccount.com' })).toThrow(/INSTANCE=SERVICE_ACCOUNT_EMAIL/);
+    expect(() => loadConfig({ ...base, QUEUE_AUTH: 'iam', QUEUE_IAM_MX: 'mx1=a@p', QUEUE_IAM_ADMINS: 'a@p' })).toThrow(/an MX and an administrator/);
+    expect(loadConfig({ ...base, QUEUE_AUTH: 'iam' }).auth).toEqual({ mode: 'iam', token: undefined });
+  });
+
+  test('the shared token stays the default mode', () => {
+    expect(loadConfig({ ...base, QUEUE_TOKEN: TEST_TOKEN }).auth).toEqual({ mode: 'token', token: TEST_TOKEN });
+    expect(() => loadConfig(base)).toThrow(/no queue token/);
   });
 });
