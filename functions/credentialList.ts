@@ -1,5 +1,6 @@
 import { Requests, toCredentialJson } from '../lib/api';
-import { credentials, endpoint } from '../lib/http';
+import { endpoint } from '../lib/http';
+import { credentials } from '../lib/service';
 
 /** Every credential issued, revoked ones included: the start of its digest, never its token. */
 export const credentialList = endpoint('credentialList', { method: 'GET', from: 'query', input: Requests.credentialList, access: 'admin' }, async () => {

@@ -1,5 +1,6 @@
 import { Requests, toCredentialJson } from '../lib/api';
-import { credentials, endpoint } from '../lib/http';
+import { endpoint } from '../lib/http';
+import { credentials } from '../lib/service';
 
 /** Revokes one credential, by its digest (or the start of it), or all of an instance's. */
 export const credentialRevoke = endpoint('credentialRevoke', { method: 'POST', from: 'json', input: Requests.credentialRevoke, access: 'admin' }, async (target) => {

@@ -3,20 +3,19 @@ import type { HttpFunction, Request, Response } from '@google-cloud/functions-fr
 import { z } from 'zod';
 import { authenticate, type Caller } from './auth';
 import { ConfigError } from './config';
-import type { Credentials } from './credentials';
 import { forbidden, QueueError, STATUS } from './errors';
 import getRawBody from 'raw-body';
 import { setBodyGate, type GatedRequest } from './body-gate';
 import { createLogger, type Logger } from './log';
 export { Base64, b64, isBase64 } from './wire';
-import { service } from './service';
+import { credentials, service } from './service';
 
 /**
  * The one wrapper every function goes through: method, credentials, the
  * caller's rights, content type and input are checked before the function
- * body runs, errors become
- * JSON answers with their status, and each request makes one log line. It
- * registers the function with functions-framework under its name.
+ * body runs, errors become JSON answers with their status, and each request
+ * makes one log line. It registers the function with functions-framework
+ * under its name.
  */
 export type Method = 'GET' | 'POST' | 'PUT';
 
@@ -113,13 +112,6 @@ async function callerOf(req: Request): Promise<Caller> {
   return authenticate(req.headers, config.auth, config.auth.mode === 'tokens' ? credentials() : undefined);
 }
 
-/** The service's issued credentials (QUEUE_AUTH=tokens). */
-export function credentials(): Credentials {
-  const { credentials } = service();
-  if (!credentials) throw new ConfigError('this service has no store of credentials');
-  return credentials;
-}
-
 /** Who sent a request, and to a function of what access. */
 interface Who {
   caller: Caller;
@@ -164,7 +156,7 @@ export function endpoint<S extends z.ZodType>(
       authorize(caller, access);
       if (spec.from !== 'query') await readBody(spec, req);
       const input = parseInput(spec, req, { caller, access });
-      fields = idsOf(input);
+      fields = { ...(caller.role !== 'any' && { caller: caller.role === 'mx' ? caller.instance : 'admin' }), ...idsOf(input) };
       reply = await run(input, req);
     } catch (err) {
       failure = err;

@@ -1,4 +1,4 @@
-import { loadConfig, type ServiceConfig } from './config';
+import { ConfigError, loadConfig, type ServiceConfig } from './config';
 import { Credentials } from './credentials';
 import { createLogger } from './log';
 import { Queue } from './queue';
@@ -24,6 +24,13 @@ let current: Service | undefined;
 export function service(): Service {
   current ??= serviceFor(loadConfig());
   return current;
+}
+
+/** The service's issued credentials (QUEUE_AUTH=tokens). */
+export function credentials(): Credentials {
+  const { credentials } = service();
+  if (!credentials) throw new ConfigError('this service has no store of credentials');
+  return credentials;
 }
 
 export function useService(next: Service | undefined): void {
