@@ -23,6 +23,9 @@ async function main(): Promise<void> {
   if (config.auth.mode === 'none') {
     log.warn('QUEUE_AUTH=none: every request is accepted without a token. For local use only.');
   }
+  if (config.auth.mode === 'tokens' && !config.auth.adminToken) {
+    log.warn('QUEUE_AUTH=tokens without QUEUE_ADMIN_TOKEN: only administrators whose credentials were issued before can issue others');
+  }
   const emulator = await prepareStorage(config.datastore.namespace, config.store);
   // the emulator's project, now that it is known
   config.datastore.projectId ??= process.env.DATASTORE_PROJECT_ID;
