@@ -63,11 +63,6 @@ export function secretText(raw: string): string {
   return raw.trim().split(/\r?\n/)[0].trim();
 }
 
-/** Reads QUEUE_TOKEN, or the first line of the file QUEUE_TOKEN_FILE names. */
-export function readToken(env: { QUEUE_TOKEN?: string; QUEUE_TOKEN_FILE?: string }): string | undefined {
-  return readSecret('QUEUE_TOKEN', env.QUEUE_TOKEN, env.QUEUE_TOKEN_FILE);
-}
-
 /** Reads the secret `name` given inline, or the first line of the file `name`_FILE names. */
 export function readSecret(name: string, value: string | undefined, file: string | undefined): string | undefined {
   if (value) return secretText(value);
@@ -102,7 +97,7 @@ function parseIamMx(text: string | undefined): Record<string, string> {
 const listOf = (text: string | undefined) => (text ?? '').split(',').map((s) => s.trim()).filter(Boolean);
 
 function authConfig(e: z.output<typeof Env>): AuthConfig {
-  const token = longEnough('QUEUE_TOKEN', readToken(e));
+  const token = longEnough('QUEUE_TOKEN', readSecret('QUEUE_TOKEN', e.QUEUE_TOKEN, e.QUEUE_TOKEN_FILE));
   const adminToken = longEnough('QUEUE_ADMIN_TOKEN', readSecret('QUEUE_ADMIN_TOKEN', e.QUEUE_ADMIN_TOKEN, e.QUEUE_ADMIN_TOKEN_FILE));
   if (e.QUEUE_AUTH === 'token' && !token) {
     throw new ConfigError(
