@@ -1,4 +1,5 @@
 import { existsSync, readFileSync, statSync } from 'node:fs';
+import { isIP } from 'node:net';
 import { hostname, tmpdir } from 'node:os';
 import { z } from 'zod';
 import { readToken } from '../lib/config';
@@ -41,6 +42,7 @@ export interface BridgeConfig {
 
 const KEYS = [
   'url',
+  'allow-insecure-http',
   'token-file',
   'token',
   'auth',
@@ -66,6 +68,7 @@ const ms = z.coerce.number().int().min(1);
 
 const Settings = z.object({
   url: z.url({ protocol: /^https?$/ }),
+  'allow-insecure-http': z.enum(['yes', 'no']).default('no'),
   'token-file': z.string().optional(),
   token: z.string().optional(),
   auth: z.enum(['token', 'iam']).default('token'),
@@ -126,6 +129,7 @@ export function loadBridgeConfig(arg: string | undefined, env: NodeJS.ProcessEnv
     throw new BridgeConfigError(parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; '));
   }
   const s = parsed.data;
+  if (s['allow-insecure-http'] === 'no') refuseInsecure(s.url);
   const tokenFile = env.QUEUE_TOKEN_FILE ?? s['token-file'];
   const inline = env.QUEUE_TOKEN ?? s.token;
   if (!inline && tokenFile && existsSync(tokenFile)) refuseShared(tokenFile, 'is a token file');
@@ -149,6 +153,26 @@ export function loadBridgeConfig(arg: string | undefined, env: NodeJS.ProcessEnv
     asyncDelete: s['async-delete'] === 'yes',
     leaseMs: s.lease,
   };
+}
+
+/**
+ * The token travels with every request: over plain http it crosses the
+ * network in clear, unless the service is on this machine.
+ */
+function refuseInsecure(url: string): void {
+  const { protocol, hostname } = new URL(url);
+  if (protocol === 'http:' && !isLoopback(hostname)) {
+    throw new BridgeConfigError(
+      `${url} is plain http to another machine: the token would cross the network in clear. Use https, or set allow-insecure-http yes (QUEUE_REST_ALLOW_INSECURE_HTTP=yes) on a network you trust`,
+    );
+  }
+}
+
+/** 127.0.0.0/8, ::1 or localhost, as the URL parser spells them. */
+function isLoopback(hostname: string): boolean {
+  const host = hostname.replace(/^\[(.*)\]$/, '$1');
+  if (host === 'localhost' || host === '::1') return true;
+  return isIP(host) === 4 && host.startsWith('127.');
 }
 
 /** A secret must be readable by its owner alone: a group or others could pass it on. */
