@@ -77,7 +77,7 @@ const RETRY_STATUS = new Set([408, 429, 500, 502, 503, 504]);
  * legitimately get: one object (an envelope at most) for most functions; a
  * page of envelopes for a walk, from what the walk asked for
  * (pageAnswerMax); and for a takeover page or the status, the largest answer
- * of the API, a walk page at the largest maxBytes and limit (about 32 MiB: a
+ * of the API, a walk page at the largest maxBytes and limit (about 33 MiB: a
  * takeover page of TAKEOVER_MAX messages of 1,000 envelopes each is 19 MB).
  */
 export const SMALL_ANSWER_MAX = 1024 * 1024;

@@ -43,9 +43,11 @@ async function queued(owner: string, envelopes = 3) {
   return { msgid, envelopes: list };
 }
 
-async function get(fn: string, query: Record<string, string>): Promise<{ status: number; body: { cursor?: string | null; error?: { code: string; message: string } } }> {
+type WalkAnswer = { cursor?: string | null; error?: { code: string; message: string } };
+
+async function get(fn: string, query: Record<string, string>): Promise<{ status: number; body: WalkAnswer }> {
   const res = await fetch(`${service.baseUrl}/${fn}?${new URLSearchParams(query)}`, { headers: { authorization: `Bearer ${TEST_TOKEN}` } });
-  return { status: res.status, body: (await res.json()) as { cursor?: string | null; error?: { code: string; message: string } } };
+  return { status: res.status, body: (await res.json()) as WalkAnswer };
 }
 
 async function firstCursor(query: Record<string, string>, fn = 'envelopeWalk'): Promise<string> {
