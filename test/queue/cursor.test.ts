@@ -4,6 +4,7 @@ import { Queue } from '../../lib/queue';
 import { key, type Mutations, type Transaction } from '../../lib/storage';
 import { MemoryStorage } from '../../lib/storage-memory';
 import { commitOf, envelope, walkAll } from '../contract/queue-store.contract';
+import { expectOneCursorKey } from '../support/cursor-key';
 import { TEST_TOKEN, startService } from '../support/service';
 
 /**
@@ -151,13 +152,6 @@ test('a cursor sent before the service ever made its key is refused, and no key 
 
 test('every instance of the service over one store signs with the same key, made once', async () => {
   const shared = new WatchedStorage();
-  const instances = Array.from({ length: 8 }, () => new Queue(shared));
-  const msgid = randomMsgid();
-  await instances[0].messageCommit(commitOf(msgid, Buffer.from('x'), [envelope(msgid, 'a@example.test'), envelope(msgid, 'b@example.test')]));
-  const firstPages = await Promise.all(instances.map((q) => q.envelopeWalk({ limit: 1 })));
-  for (const [i, page] of firstPages.entries()) {
-    const next = await instances[(i + 1) % instances.length].envelopeWalk({ limit: 1, cursor: page.cursor! });
-    expect(next.items).toHaveLength(1);
-  }
+  await expectOneCursorKey(Array.from({ length: 8 }, () => new Queue(shared)));
   expect(await shared.query({ kind: 'ServiceKey' })).toHaveLength(1);
 });
