@@ -1,4 +1,5 @@
 import { existsSync, readFileSync, statSync } from 'node:fs';
+import { isIP } from 'node:net';
 import { hostname, tmpdir } from 'node:os';
 import { z } from 'zod';
 import { readSecret } from '../lib/config';
@@ -47,6 +48,7 @@ export interface BridgeConfig {
 
 const KEYS = [
   'url',
+  'allow-insecure-http',
   'token-file',
   'token',
   'admin-token-file',
@@ -74,6 +76,7 @@ const ms = z.coerce.number().int().min(1);
 
 const Settings = z.object({
   url: z.url({ protocol: /^https?$/ }),
+  'allow-insecure-http': z.enum(['yes', 'no']).default('no'),
   'token-file': z.string().optional(),
   token: z.string().optional(),
   'admin-token-file': z.string().optional(),
@@ -136,6 +139,7 @@ export function loadBridgeConfig(arg: string | undefined, env: NodeJS.ProcessEnv
     throw new BridgeConfigError(parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; '));
   }
   const s = parsed.data;
+  if (s['allow-insecure-http'] === 'no') refuseInsecure(s.url);
   return {
     url: s.url.replace(/\/+$/, ''),
     token: privateSecret('QUEUE_TOKEN', env.QUEUE_TOKEN ?? s.token, env.QUEUE_TOKEN_FILE ?? s['token-file']),
@@ -162,6 +166,26 @@ export function loadBridgeConfig(arg: string | undefined, env: NodeJS.ProcessEnv
 function privateSecret(name: string, inline: string | undefined, file: string | undefined): string | undefined {
   if (!inline && file && existsSync(file)) refuseShared(file, 'is a token file');
   return readSecret(name, inline, file);
+}
+
+/**
+ * The token travels with every request: over plain http it crosses the
+ * network in clear, unless the service is on this machine.
+ */
+function refuseInsecure(url: string): void {
+  const { protocol, hostname } = new URL(url);
+  if (protocol === 'http:' && !isLoopback(hostname)) {
+    throw new BridgeConfigError(
+      `${url} is plain http to another machine: the token would cross the network in clear. Use https, or set allow-insecure-http yes (QUEUE_REST_ALLOW_INSECURE_HTTP=yes) on a network you trust`,
+    );
+  }
+}
+
+/** 127.0.0.0/8, ::1 or localhost, as the URL parser spells them. */
+function isLoopback(hostname: string): boolean {
+  const host = hostname.replace(/^\[(.*)\]$/, '$1');
+  if (host === 'localhost' || host === '::1') return true;
+  return isIP(host) === 4 && host.startsWith('127.');
 }
 
 /** A secret must be readable by its owner alone: a group or others could pass it on. */

@@ -2,7 +2,7 @@ import { z } from 'zod';
 import { Base64, b64 } from './wire';
 import { Evpid, Msgid, Owner } from './ids';
 import type { CredentialInfo } from './credentials';
-import { CREATE_BATCH_MAX, PAGE_MAX, TAKEOVER_MAX, type Envelope, type InstanceInfo, type MessageInfo } from './store';
+import { CREATE_BATCH_MAX, PAGE_BYTES_MAX, PAGE_MAX, TAKEOVER_MAX, type Envelope, type InstanceInfo, type MessageInfo } from './store';
 
 /**
  * The HTTP shapes of the queue API, shared by the functions (which parse
@@ -147,7 +147,7 @@ export const Requests = {
   envelopeWalk: z.strictObject({
     cursor: z.string().max(500).optional(),
     limit: Limit.optional(),
-    maxBytes: z.coerce.number().int().min(1).max(16 * 1024 * 1024).optional(),
+    maxBytes: z.coerce.number().int().min(1).max(PAGE_BYTES_MAX).optional(),
     ...owned,
   }),
   instanceHeartbeat: z.strictObject({

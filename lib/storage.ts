@@ -97,6 +97,7 @@ export const INDEXED_FIELDS: Record<Kind, readonly string[]> = {
   Instance: ['leaseUntil'],
   Claims: [],
   Credential: [],
+  ServiceKey: [],
 };
 
 /** Thrown by `write` when an insert finds its key taken. */
@@ -129,6 +130,8 @@ export interface Records {
   Claims: { count: number };
   /** A credential of QUEUE_AUTH=tokens, keyed by the hex sha256 of its token (lib/credentials.ts); the token itself is never stored. */
   Credential: { role: 'mx' | 'admin'; instance: string | null; issuedAt: Date; revokedAt: Date | null };
+  /** A secret every instance of the service shares (lib/service-key.ts), never changed once made. */
+  ServiceKey: { secret: Buffer; createdAt: Date };
 }
 
 export interface CommittedRecord {
@@ -172,6 +175,7 @@ export const key = {
   instance: (instance: string): Key<'Instance'> => ({ kind: 'Instance', id: instance }),
   claims: (instance: string): Key<'Claims'> => ({ kind: 'Claims', id: instance }),
   credential: (digest: string): Key<'Credential'> => ({ kind: 'Credential', id: digest }),
+  serviceKey: (name: string): Key<'ServiceKey'> => ({ kind: 'ServiceKey', id: name }),
 };
 
 /** A key as one string: the path a driver may file the record under. */
