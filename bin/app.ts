@@ -7,13 +7,15 @@ import { createQueueServer, listen } from '../lib/server';
 /**
  * The App Engine entry point (app.yaml): every queue function in one
  * service, at the same paths as the deployed functions. App Engine sets PORT;
- * QUEUE_TOKEN_SECRET names the Secret Manager secret that holds the token.
+ * QUEUE_TOKEN_SECRET names the Secret Manager secret that holds the token
+ * (QUEUE_ADMIN_TOKEN_SECRET the administrators' token of QUEUE_AUTH=tokens).
  */
 const log = createLogger({ name: 'app' });
 
 async function main(): Promise<void> {
-  if (process.env.QUEUE_TOKEN_SECRET && !process.env.QUEUE_TOKEN && !process.env.QUEUE_TOKEN_FILE) {
-    process.env.QUEUE_TOKEN = await accessSecret(process.env.QUEUE_TOKEN_SECRET);
+  for (const name of ['QUEUE_TOKEN', 'QUEUE_ADMIN_TOKEN']) {
+    const secret = process.env[`${name}_SECRET`];
+    if (secret && !process.env[name] && !process.env[`${name}_FILE`]) process.env[name] = await accessSecret(secret);
   }
   const config = loadConfig();
   const port = await listen(createQueueServer(), Number(process.env.PORT ?? 8080), process.env.HOST ?? '0.0.0.0');

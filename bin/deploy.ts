@@ -15,9 +15,13 @@ import { FUNCTION_NAMES } from '../lib/api';
  *   --public  anyone may call the URL and the shared token (--token-secret,
  *             required) is the only check; QUEUE_AUTH=token. Needed behind
  *             Firebase Hosting, whose rewrites call functions without identity.
+ *   --admin-token-secret
+ *             instead of the shared token, one credential per MX
+ *             (QUEUE_AUTH=tokens), with this secret as the administrators'
+ *             bootstrap token; public or not.
  */
 const USAGE = `usage: npm run deploy -- [--project=P] [--region=us-central1] [--target=functions|appengine]
-       [--token-secret=SECRET] [--public] [--invoker=MEMBER]... [--service-account=SA]
+       [--token-secret=SECRET | --admin-token-secret=SECRET] [--public] [--invoker=MEMBER]... [--service-account=SA]
        [--namespace=opensmtpd] [--database=ID] [--only=fn1,fn2] [--dry-run]`;
 
 const { values } = parseArgs({
@@ -26,6 +30,7 @@ const { values } = parseArgs({
     region: { type: 'string', default: 'us-central1' },
     target: { type: 'string', default: 'functions' },
     'token-secret': { type: 'string' },
+    'admin-token-secret': { type: 'string' },
     public: { type: 'boolean', default: false },
     invoker: { type: 'string', multiple: true, default: [] },
     'service-account': { type: 'string' },
@@ -51,8 +56,11 @@ function functionCommands(): string[][] {
   for (const name of only ?? []) if (!(FUNCTION_NAMES as readonly string[]).includes(name)) fail(`no function named ${name}`);
   const names = only ?? [...FUNCTION_NAMES];
   const secret = values['token-secret'];
-  if (values.public && !secret) fail('--public needs --token-secret: a public function must check the shared token');
-  const env = [`QUEUE_AUTH=${values.public ? 'token' : 'iam'}`, `QUEUE_NAMESPACE=${values.namespace}`];
+  const adminSecret = values['admin-token-secret'];
+  if (secret && adminSecret) fail('--token-secret and --admin-token-secret exclude each other: one shared token, or one credential per MX');
+  if (values.public && !secret && !adminSecret) fail('--public needs --token-secret or --admin-token-secret: a public function must check a token');
+  const auth = adminSecret ? 'tokens' : values.public ? 'token' : 'iam';
+  const env = [`QUEUE_AUTH=${auth}`, `QUEUE_NAMESPACE=${values.namespace}`];
   if (values.database) env.push(`QUEUE_DATABASE=${values.database}`);
   const common = [
     '--gen2',
@@ -66,6 +74,7 @@ function functionCommands(): string[][] {
     '--timeout=120s',
     `--set-env-vars=${env.join(',')}`,
     ...(secret ? [`--set-secrets=QUEUE_TOKEN=${secret}:latest`] : []),
+    ...(adminSecret ? [`--set-secrets=QUEUE_ADMIN_TOKEN=${adminSecret}:latest`] : []),
     ...(values['service-account'] ? [`--service-account=${values['service-account']}`] : []),
     '--quiet',
   ];

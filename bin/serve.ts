@@ -6,7 +6,7 @@ import { localSettings } from '../dev/local-settings';
 import { ConfigError, loadConfig } from '../lib/config';
 import { createLogger } from '../lib/log';
 import { createQueueServer, listen } from '../lib/server';
-import { storeFor, useService } from '../lib/service';
+import { serviceFor, useService } from '../lib/service';
 
 /**
  * `npm start`: every queue function in one process on http://127.0.0.1:8080,
@@ -23,11 +23,14 @@ async function main(): Promise<void> {
   if (config.auth.mode === 'none') {
     log.warn('QUEUE_AUTH=none: every request is accepted without a token. For local use only.');
   }
+  if (config.auth.mode === 'tokens' && !config.auth.adminToken) {
+    log.warn('QUEUE_AUTH=tokens without QUEUE_ADMIN_TOKEN: only administrators whose credentials were issued before can issue others');
+  }
   const emulator = await prepareStorage(config.datastore.namespace, config.store);
   // the emulator's project, now that it is known
   config.datastore.projectId ??= process.env.DATASTORE_PROJECT_ID;
-  const store = storeFor(config);
-  useService({ config, store });
+  const { store, credentials } = serviceFor(config);
+  useService({ config, store, credentials });
 
   const server = createQueueServer();
   const host = process.env.HOST ?? local.functions.host;

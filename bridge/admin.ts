@@ -1,4 +1,5 @@
 import { parseArgs } from 'node:util';
+import { DIGEST_SHOWN } from '../lib/api';
 import { isMsgid } from '../lib/ids';
 import type { Envelope } from '../lib/store';
 import { HttpQueueStore } from './client';
@@ -6,21 +7,30 @@ import { loadBridgeConfig } from './config';
 
 /**
  * queue-rest's administrator commands, on the same configuration as the
- * bridge (ARG: the service's URL or the config file; the token from
- * QUEUE_TOKEN, QUEUE_TOKEN_FILE or the config file):
+ * bridge (ARG: the service's URL or the config file), with the
+ * administrator's token (QUEUE_ADMIN_TOKEN, QUEUE_ADMIN_TOKEN_FILE or the
+ * config file's admin-token-file), or else the bridge's own:
  *
  *   queue-rest status ARG                 instances with their leases, messages by owner and state
  *   queue-rest list ARG [--owner ID]      the queued messages (of an owner) and their envelopes
  *   queue-rest show ARG MSGID             a message and its envelopes
  *   queue-rest takeover ARG [options]     claim the messages of dead instances for a live
  *                                         instance, whose bridge hands them to its smtpd
+ *   queue-rest credential issue INSTANCE ARG | issue --admin ARG | revoke INSTANCE|DIGEST ARG | list ARG
+ *                                         the credentials of QUEUE_AUTH=tokens
  */
-export const ADMIN_COMMANDS = ['status', 'list', 'show', 'takeover'] as const;
+export const ADMIN_COMMANDS = ['status', 'list', 'show', 'takeover', 'credential'] as const;
 
 const USAGE = `usage: queue-rest status URL|CONFIG [--json]
        queue-rest list URL|CONFIG [--owner ID] [--json]
        queue-rest show URL|CONFIG MSGID [--json]
-       queue-rest takeover URL|CONFIG [--instance ID] [--from ID,...] [--dry-run] [--json]`;
+       queue-rest takeover URL|CONFIG [--instance ID] [--from ID,...] [--dry-run] [--json]
+       queue-rest credential issue INSTANCE URL|CONFIG [--json]
+       queue-rest credential issue --admin URL|CONFIG [--json]
+       queue-rest credential revoke INSTANCE|DIGEST URL|CONFIG [--json]
+       queue-rest credential list URL|CONFIG [--json]`;
+
+type Print = (json: unknown, text: () => string) => void;
 
 export async function admin(argv: string[]): Promise<number> {
   const { values, positionals } = parseArgs({
@@ -31,13 +41,17 @@ export async function admin(argv: string[]): Promise<number> {
       owner: { type: 'string' },
       from: { type: 'string' },
       'dry-run': { type: 'boolean', default: false },
+      admin: { type: 'boolean', default: false },
       json: { type: 'boolean', default: false },
     },
   });
-  const [command, arg, ...rest] = positionals;
+  const [command, ...args] = positionals;
+  // credential names what it does first and the service last
+  const [arg, ...rest] = command === 'credential' ? [args.at(-1), ...args.slice(0, -1)] : args;
   const config = loadBridgeConfig(arg);
-  const store = new HttpQueueStore({ baseUrl: config.url, token: config.token, timeoutMs: config.timeoutMs, budgetMs: config.retryBudgetMs });
-  const print = (json: unknown, text: () => string) => process.stdout.write(values.json ? JSON.stringify(json, null, 2) + '\n' : text());
+  const token = config.adminToken ?? config.token;
+  const store = new HttpQueueStore({ baseUrl: config.url, token, timeoutMs: config.timeoutMs, budgetMs: config.retryBudgetMs });
+  const print: Print = (json, text) => process.stdout.write(values.json ? JSON.stringify(json, null, 2) + '\n' : text());
   try {
     if (command === 'status') {
       const { instances, counts } = await store.queueStatus();
@@ -88,6 +102,7 @@ export async function admin(argv: string[]): Promise<number> {
       return 0;
     }
     if (command === 'takeover') return await takeover(store, values.instance ?? config.instance, values.from?.split(','), values['dry-run'], print);
+    if (command === 'credential' && rest.length > 0) return await credential(store, rest, values.admin, print);
     process.stderr.write(`${USAGE}\n`);
     return 2;
   } finally {
@@ -107,7 +122,7 @@ async function takeover(
   instance: string,
   from: string[] | undefined,
   dryRun: boolean,
-  print: (json: unknown, text: () => string) => void,
+  print: Print,
 ): Promise<number> {
   const target = (await store.instanceList()).find((i) => i.instance === instance);
   if (!target?.alive) {
@@ -124,6 +139,40 @@ async function takeover(
   }
   print({ instance, claimed, purged }, () => `${instance}: ${claimed.length} envelopes taken over (its bridge hands them to its smtpd), ${purged} uncommitted messages purged\n`);
   return 0;
+}
+
+/**
+ * Issues, revokes and lists the credentials of QUEUE_AUTH=tokens. An issued
+ * token is printed once, alone on stdout (for a file only root can read),
+ * and is not kept anywhere else.
+ */
+async function credential(store: HttpQueueStore, [action, target]: (string | undefined)[], asAdmin: boolean, print: Print): Promise<number> {
+  const grant = asAdmin ? target === undefined && { role: 'admin' as const } : target !== undefined && { role: 'mx' as const, instance: target };
+  if (action === 'issue' && grant) {
+    const issued = await store.credentialIssue(grant);
+    print(issued, () => `${issued.token}\n`);
+    process.stderr.write(`credential ${issued.credential.digest} for ${issued.credential.instance ?? 'an administrator'}: its token is printed this once, and kept nowhere\n`);
+    return 0;
+  }
+  if (action === 'revoke' && target !== undefined) {
+    const byDigest = new RegExp(`^[0-9a-f]{${DIGEST_SHOWN},64}$`).test(target) && (await store.credentialList()).some((c) => target.startsWith(c.digest) || c.digest.startsWith(target));
+    const revoked = await store.credentialRevoke(byDigest ? { digest: target } : { instance: target });
+    print(revoked, () => `${revoked.length} credential(s) revoked: ${revoked.map((c) => c.digest).join(' ')}\n`);
+    return 0;
+  }
+  if (action === 'list' && target === undefined) {
+    const all = await store.credentialList();
+    print(all, () =>
+      [
+        'digest        role   instance             issued                    revoked',
+        ...all.map((c) => `${c.digest.padEnd(13)} ${c.role.padEnd(6)} ${(c.instance ?? '-').padEnd(20)} ${c.issuedAt.toISOString()}  ${c.revokedAt?.toISOString() ?? '-'}`),
+        '',
+      ].join('\n'),
+    );
+    return 0;
+  }
+  process.stderr.write(`${USAGE}\n`);
+  return 2;
 }
 
 function printable(data: Buffer): string {

@@ -852,6 +852,12 @@ class StartupWalk {
         this.failures = 0;
       })
       .catch((err: unknown) => {
+        if (isFinal(err) && this.cursor) {
+          // a cursor the service no longer takes (one of its earlier version): a walk cannot resume from it
+          this.log?.error({ err }, 'walk cursor refused: the walk ends here; the reconciler hands smtpd what it did not get');
+          this.cursor = null;
+          return;
+        }
         this.failures++;
         this.retryAt = Date.now() + Math.min(100 * 2 ** this.failures, 10_000);
         this.log?.warn({ err, failures: this.failures }, 'walk page failed; retrying');

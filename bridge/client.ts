@@ -3,6 +3,7 @@ import { Agent, type Dispatcher } from 'undici';
 import { z } from 'zod';
 import { Responses, toEnvelopeJson, type FunctionName } from '../lib/api';
 import { TOKEN_HEADER } from '../lib/auth';
+import type { Grant } from '../lib/credentials';
 import { isErrorCode, QueueError } from '../lib/errors';
 import { b64 } from '../lib/wire';
 import type { Evpid, Msgid } from '../lib/ids';
@@ -10,6 +11,10 @@ import { sha256hex } from '../lib/rules';
 import {
   CHUNK_BYTES,
   DEFAULT_LIMITS,
+  PAGE_BYTES_DEFAULT,
+  PAGE_BYTES_MAX,
+  PAGE_DEFAULT,
+  PAGE_MAX,
   type Commit,
   type Envelope,
   type EnvelopeUpdate,
@@ -68,6 +73,25 @@ export const INLINE_MAX_DEFAULT = 4 * 1024 * 1024;
 const TAKEOVER_TIMEOUT_MS = 60_000;
 const RETRY_STATUS = new Set([408, 429, 500, 502, 503, 504]);
 
+/**
+ * The most a JSON answer may carry, well above the largest each call can
+ * legitimately get: one object (an envelope at most) for most functions; a
+ * page of envelopes for a walk, from what the walk asked for
+ * (pageAnswerMax); and for a takeover page or the status, the largest answer
+ * of the API, a walk page at the largest maxBytes and limit (about 33 MiB: a
+ * takeover page of TAKEOVER_MAX messages of 1,000 envelopes each is 19 MB).
+ */
+export const SMALL_ANSWER_MAX = 1024 * 1024;
+/** {"evpid":"(16)","data":""}, and a comma. */
+const ENVELOPE_FRAMING = 64;
+export const pageAnswerMax = (maxBytes: number, limit: number) =>
+  Math.ceil(1.5 * (Math.ceil((maxBytes * 4) / 3) + limit * ENVELOPE_FRAMING)) + SMALL_ANSWER_MAX;
+export const LARGEST_ANSWER_MAX = pageAnswerMax(PAGE_BYTES_MAX, PAGE_MAX);
+/** What is kept of an error answer, for its message; the rest is not read. */
+const ERROR_ANSWER_MAX = 64 * 1024;
+/** Room above the largest message in a body read. */
+const BODY_SLACK = 64 * 1024;
+
 interface Call {
   method: 'GET' | 'POST' | 'PUT';
   /** Deadline of one attempt, when the call's work can take longer than usual. */
@@ -76,6 +100,10 @@ interface Call {
   json?: unknown;
   bytes?: Buffer;
   headers?: Record<string, string>;
+  /** What a successful answer carries: JSON (the default), or a body's bytes. */
+  answer?: 'json' | 'bytes';
+  /** The most it may carry, if more than SMALL_ANSWER_MAX. */
+  answerMax?: number;
 }
 
 interface Answer {
@@ -91,6 +119,7 @@ export class HttpQueueStore implements QueueStore {
   private readonly timeoutMs: number;
   private readonly budgetMs: number;
   private readonly inlineMax: number;
+  private readonly bodyMax: number;
   /** Set while the service is out of reach (failFast only). */
   private outage?: { since: Date; nextProbe: number };
   private lastVersion = 0;
@@ -101,6 +130,7 @@ export class HttpQueueStore implements QueueStore {
     this.timeoutMs = options.timeoutMs ?? 10_000;
     this.budgetMs = options.budgetMs ?? 30_000;
     this.inlineMax = options.inlineMax ?? INLINE_MAX_DEFAULT;
+    this.bodyMax = this.limits.maxMessageBytes + BODY_SLACK;
     this.agent = new Agent({ keepAliveTimeout: 30_000, connections: 8 });
   }
 
@@ -140,11 +170,13 @@ export class HttpQueueStore implements QueueStore {
     let info: MessageInfo | undefined;
     for (;;) {
       const last = Math.min(at + PART_BYTES, end) - 1;
-      const answer = await this.call('messageFd', { method: 'GET', query, headers: { range: `bytes=${at}-${last}` } }, [416]);
+      const answer = await this.call('messageFd', { method: 'GET', query, headers: { range: `bytes=${at}-${last}` }, answer: 'bytes', answerMax: this.bodyMax }, [416]);
       if (answer.status === 416) break;
       info = messageInfoOf(msgid, answer);
+      if (answer.status === 206) checkPart(answer, at, last);
       parts.push(answer.body);
       at += answer.body.length;
+      if (at - first > this.bodyMax) throw new BadAnswer('messageFd', `a body of more than ${this.bodyMax} bytes`);
       if (answer.status === 200 || answer.body.length === 0 || at >= end || at >= (info.size ?? 0)) break;
     }
     info ??= (await this.messageWalk(msgid, { limit: 1, owner: read.owner })).message;
@@ -159,6 +191,7 @@ export class HttpQueueStore implements QueueStore {
     const answer = await this.json('messageWalk', Responses.messageWalk, {
       method: 'GET',
       query: { msgid, cursor: page.cursor, limit: page.limit, owner: page.owner },
+      answerMax: this.pageAnswerMax({ ...page, maxBytes: PAGE_BYTES_DEFAULT }),
     });
     return { message: answer.message, items: answer.envelopes, cursor: answer.cursor };
   }
@@ -201,6 +234,7 @@ export class HttpQueueStore implements QueueStore {
     const answer = await this.json('envelopeWalk', Responses.envelopeWalk, {
       method: 'GET',
       query: { cursor: page.cursor, limit: page.limit, maxBytes: page.maxBytes, owner: page.owner },
+      answerMax: this.pageAnswerMax(page),
     });
     return { items: answer.envelopes, cursor: answer.cursor };
   }
@@ -221,7 +255,7 @@ export class HttpQueueStore implements QueueStore {
   async queueTakeover(claimant: string, options: { from?: string[]; limit?: number } = {}): Promise<Takeover> {
     // a takeover claims many messages in several transactions
     const timeoutMs = Math.max(this.timeoutMs, TAKEOVER_TIMEOUT_MS);
-    return this.json('queueTakeover', Responses.queueTakeover, { method: 'POST', json: { owner: claimant, ...options }, timeoutMs });
+    return this.json('queueTakeover', Responses.queueTakeover, { method: 'POST', json: { owner: claimant, ...options }, timeoutMs, answerMax: LARGEST_ANSWER_MAX });
   }
 
   async queueCounts(): Promise<QueueCount[]> {
@@ -230,7 +264,20 @@ export class HttpQueueStore implements QueueStore {
 
   /** The instances and the counts in one request, as `queue-rest status` shows them. */
   async queueStatus(): Promise<{ instances: InstanceInfo[]; counts: QueueCount[] }> {
-    return this.json('queueStatus', Responses.queueStatus, { method: 'GET' });
+    return this.json('queueStatus', Responses.queueStatus, { method: 'GET', answerMax: LARGEST_ANSWER_MAX });
+  }
+
+  /** Administrators only (QUEUE_AUTH=tokens): a new credential, whose token is answered this once. */
+  async credentialIssue(grant: Grant): Promise<z.output<typeof Responses.credentialIssue>> {
+    return this.json('credentialIssue', Responses.credentialIssue, { method: 'POST', json: grant });
+  }
+
+  async credentialRevoke(target: { digest: string } | { instance: string }): Promise<z.output<typeof Responses.credentialRevoke>['revoked']> {
+    return (await this.json('credentialRevoke', Responses.credentialRevoke, { method: 'POST', json: target })).revoked;
+  }
+
+  async credentialList(): Promise<z.output<typeof Responses.credentialList>['credentials']> {
+    return (await this.json('credentialList', Responses.credentialList, { method: 'GET' })).credentials;
   }
 
   async close(): Promise<void> {
@@ -247,6 +294,11 @@ export class HttpQueueStore implements QueueStore {
   private nextVersion(): number {
     this.lastVersion = Math.max(Date.now() * 1000, this.lastVersion + 1);
     return this.lastVersion;
+  }
+
+  /** A page holds `maxBytes` of envelopes at most, or one envelope if that is larger. */
+  private pageAnswerMax(page: PageRequest): number {
+    return pageAnswerMax(Math.max(page.maxBytes ?? PAGE_BYTES_DEFAULT, this.limits.maxEnvelopeBytes), page.limit ?? PAGE_DEFAULT);
   }
 
   private async writeParts(msgid: Msgid, body: Buffer, owner: string): Promise<void> {
@@ -266,7 +318,11 @@ export class HttpQueueStore implements QueueStore {
 
   private async json<S extends z.ZodType>(fn: FunctionName, shape: S, call: Call): Promise<z.output<S>> {
     const answer = await this.call(fn, call);
-    return shape.parse(JSON.parse(answer.body.toString('utf8')));
+    try {
+      return shape.parse(JSON.parse(answer.body.toString('utf8')));
+    } catch (err) {
+      throw new BadAnswer(fn, (err as Error).message.slice(0, 200));
+    }
   }
 
   /** One API call: attempts until an answer that is not worth retrying, or the budget is spent. */
@@ -291,13 +347,13 @@ export class HttpQueueStore implements QueueStore {
         failure = err;
       }
       this.options.observe?.(fn, performance.now() - started, answer?.status ?? 'error');
-      const retryable = !answer || RETRY_STATUS.has(answer.status);
+      const retryable = answer ? RETRY_STATUS.has(answer.status) : !(failure instanceof BadAnswer);
       if (!retryable) this.outage = undefined;
       if (answer && (answer.status < 300 || accept.includes(answer.status))) return answer;
       const pause = Math.min(50 * 2 ** (attempt - 1), 2000) * (0.5 + Math.random() / 2);
       if (!retryable || Date.now() + pause >= deadline) {
         if (retryable && this.options.failFast) this.outage ??= { since: new Date(), nextProbe: Date.now() + PROBE_MS };
-        throw answer ? errorOf(fn, answer) : unreachable(fn, failure);
+        throw answer ? errorOf(fn, answer) : failure instanceof BadAnswer ? failure : unreachable(fn, failure);
       }
       await sleep(pause);
     }
@@ -325,9 +381,15 @@ export class HttpQueueStore implements QueueStore {
       body,
       signal: AbortSignal.timeout(call.timeoutMs ?? this.timeoutMs),
     });
-    const chunks: Buffer[] = [];
-    for await (const chunk of res.body) chunks.push(chunk as Buffer);
-    return { status: res.statusCode, headers: res.headers, body: Buffer.concat(chunks) };
+    const ok = res.statusCode >= 200 && res.statusCode < 300;
+    const expected = call.answer === 'bytes' ? 'application/octet-stream' : 'application/json';
+    const type = String(res.headers['content-type'] ?? '');
+    if (ok && res.statusCode !== 204 && type.split(';')[0].trim().toLowerCase() !== expected) {
+      discard(res);
+      throw new BadAnswer(fn, `Content-Type ${type || '(none)'} instead of ${expected}`);
+    }
+    const max = ok ? (call.answerMax ?? SMALL_ANSWER_MAX) : ERROR_ANSWER_MAX;
+    return { status: res.statusCode, headers: res.headers, body: await readAtMost(fn, res, max, ok) };
   }
 
   private async credentials(audience: string): Promise<Record<string, string>> {
@@ -339,6 +401,54 @@ export class HttpQueueStore implements QueueStore {
       headers.authorization = `Bearer ${this.options.token}`;
     }
     return headers;
+  }
+}
+
+/**
+ * An answer the client cannot use: over its size, of the wrong type, not
+ * the JSON expected, or a body part that is not the one asked for. It fails
+ * the call at once: retrying a service that answers so does not help.
+ */
+class BadAnswer extends QueueError {
+  constructor(fn: FunctionName, why: string) {
+    super('unavailable', `${fn} gave an answer that cannot be used: ${why}`, { reason: 'bad_answer' });
+  }
+}
+
+/**
+ * Reads an answer's body, `max` bytes at most, and no further: a successful
+ * answer over it is refused, an error answer is cut short (it is only read
+ * for its message).
+ */
+async function readAtMost(fn: FunctionName, res: Dispatcher.ResponseData, max: number, refuseOver: boolean): Promise<Buffer> {
+  const advertised = Number(res.headers['content-length'] ?? 0);
+  const chunks: Buffer[] = [];
+  let bytes = 0;
+  if (advertised <= max) {
+    for await (const chunk of res.body as AsyncIterable<Buffer>) {
+      chunks.push(chunk);
+      bytes += chunk.length;
+      if (bytes > max) break;
+    }
+  }
+  if (advertised <= max && bytes <= max) return Buffer.concat(chunks, bytes);
+  discard(res);
+  if (refuseOver) throw new BadAnswer(fn, `more than ${max} bytes`);
+  return Buffer.concat(chunks).subarray(0, max);
+}
+
+/** Stops reading an answer: its connection is closed, and the abort is no error of anyone's. */
+function discard(res: Dispatcher.ResponseData): void {
+  res.body.on('error', () => undefined);
+  res.body.destroy();
+}
+
+/** A 206 must be the part asked for, whole, or the body's end. */
+function checkPart(answer: Answer, first: number, last: number): void {
+  const range = /^bytes (\d+)-(\d+)\/(\d+)$/.exec(String(answer.headers['content-range'] ?? ''));
+  const [from, to, size] = range ? range.slice(1).map(Number) : [];
+  if (!range || from !== first || to - from + 1 !== answer.body.length || to !== Math.min(last, size - 1)) {
+    throw new BadAnswer('messageFd', `bytes ${first}-${last} asked for, Content-Range ${answer.headers['content-range'] ?? '(none)'} with ${answer.body.length} bytes answered`);
   }
 }
 
@@ -355,9 +465,9 @@ function errorOf(fn: FunctionName, answer: Answer): Error {
     const { code, message, ...details } = parsed.error;
     return new QueueError(code, message, details);
   }
+  // a front end's answer, a redirect (never followed: the token must not go elsewhere), a bug
   const text = parsed?.error.message ?? answer.body.toString('utf8').slice(0, 200);
-  if (answer.status >= 500) return new QueueError('unavailable', `${fn} answered ${answer.status}: ${text}`, { status: answer.status });
-  return new Error(`${fn} answered ${answer.status}: ${text}`);
+  return new QueueError('unavailable', `${fn} answered ${answer.status}: ${text}`, { status: answer.status });
 }
 
 function unreachable(fn: FunctionName, err: unknown): QueueError {

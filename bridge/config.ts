@@ -1,7 +1,8 @@
 import { existsSync, readFileSync, statSync } from 'node:fs';
+import { isIP } from 'node:net';
 import { hostname, tmpdir } from 'node:os';
 import { z } from 'zod';
-import { readToken } from '../lib/config';
+import { readSecret } from '../lib/config';
 import { Owner } from '../lib/ids';
 import { defaultLogTarget } from './logging';
 
@@ -11,11 +12,17 @@ import { defaultLogTarget } from './logging';
  * file of `key value` lines. Environment variables QUEUE_REST_<KEY> (KEY in
  * upper case, - as _) override the file. The token never comes from ARG: it
  * comes from QUEUE_TOKEN or QUEUE_TOKEN_FILE in smtpd's environment, or the
- * config file's token-file (or token, if the file is private).
+ * config file's token-file (or token, if the file is private). The admin
+ * commands (bridge/admin.ts) use the administrator's token instead when one
+ * is set: QUEUE_ADMIN_TOKEN, QUEUE_ADMIN_TOKEN_FILE, admin-token-file or
+ * admin-token, read the same way.
  */
 export interface BridgeConfig {
   url: string;
+  /** This MX's token: the shared token, or its own credential (QUEUE_AUTH=tokens). */
   token?: string;
+  /** An administrator's token, for the admin commands only. */
+  adminToken?: string;
   /** token: the shared token only. iam: also a Google ID token for each function's URL. */
   auth: 'token' | 'iam';
   instance: string;
@@ -41,8 +48,11 @@ export interface BridgeConfig {
 
 const KEYS = [
   'url',
+  'allow-insecure-http',
   'token-file',
   'token',
+  'admin-token-file',
+  'admin-token',
   'auth',
   'instance',
   'timeout',
@@ -66,8 +76,11 @@ const ms = z.coerce.number().int().min(1);
 
 const Settings = z.object({
   url: z.url({ protocol: /^https?$/ }),
+  'allow-insecure-http': z.enum(['yes', 'no']).default('no'),
   'token-file': z.string().optional(),
   token: z.string().optional(),
+  'admin-token-file': z.string().optional(),
+  'admin-token': z.string().optional(),
   auth: z.enum(['token', 'iam']).default('token'),
   instance: Owner.optional(),
   timeout: ms.default(5_000),
@@ -115,24 +128,22 @@ export function loadBridgeConfig(arg: string | undefined, env: NodeJS.ProcessEnv
   } else {
     if (!existsSync(arg)) throw new BridgeConfigError(`no config file ${arg}`);
     settings = parseConfigFile(readFileSync(arg, 'utf8'));
-    if (settings.token) refuseShared(arg, 'holds a token');
+    if (settings.token || settings['admin-token']) refuseShared(arg, 'holds a token');
   }
   for (const key of KEYS) {
     const value = env[`QUEUE_REST_${key.toUpperCase().replace(/-/g, '_')}`];
-    if (value !== undefined && key !== 'token') settings[key] = value;
+    if (value !== undefined && key !== 'token' && key !== 'admin-token') settings[key] = value;
   }
   const parsed = Settings.safeParse(settings);
   if (!parsed.success) {
     throw new BridgeConfigError(parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; '));
   }
   const s = parsed.data;
-  const tokenFile = env.QUEUE_TOKEN_FILE ?? s['token-file'];
-  const inline = env.QUEUE_TOKEN ?? s.token;
-  if (!inline && tokenFile && existsSync(tokenFile)) refuseShared(tokenFile, 'is a token file');
-  const token = readToken({ QUEUE_TOKEN: inline, QUEUE_TOKEN_FILE: tokenFile });
+  if (s['allow-insecure-http'] === 'no') refuseInsecure(s.url);
   return {
     url: s.url.replace(/\/+$/, ''),
-    token,
+    token: privateSecret('QUEUE_TOKEN', env.QUEUE_TOKEN ?? s.token, env.QUEUE_TOKEN_FILE ?? s['token-file']),
+    adminToken: privateSecret('QUEUE_ADMIN_TOKEN', env.QUEUE_ADMIN_TOKEN ?? s['admin-token'], env.QUEUE_ADMIN_TOKEN_FILE ?? s['admin-token-file']),
     auth: s.auth,
     instance: s.instance ?? defaultInstance(),
     timeoutMs: s.timeout,
@@ -149,6 +160,32 @@ export function loadBridgeConfig(arg: string | undefined, env: NodeJS.ProcessEnv
     asyncDelete: s['async-delete'] === 'yes',
     leaseMs: s.lease,
   };
+}
+
+/** A secret given inline, or read from a file only its owner can read. */
+function privateSecret(name: string, inline: string | undefined, file: string | undefined): string | undefined {
+  if (!inline && file && existsSync(file)) refuseShared(file, 'is a token file');
+  return readSecret(name, inline, file);
+}
+
+/**
+ * The token travels with every request: over plain http it crosses the
+ * network in clear, unless the service is on this machine.
+ */
+function refuseInsecure(url: string): void {
+  const { protocol, hostname } = new URL(url);
+  if (protocol === 'http:' && !isLoopback(hostname)) {
+    throw new BridgeConfigError(
+      `${url} is plain http to another machine: the token would cross the network in clear. Use https, or set allow-insecure-http yes (QUEUE_REST_ALLOW_INSECURE_HTTP=yes) on a network you trust`,
+    );
+  }
+}
+
+/** 127.0.0.0/8, ::1 or localhost, as the URL parser spells them. */
+function isLoopback(hostname: string): boolean {
+  const host = hostname.replace(/^\[(.*)\]$/, '$1');
+  if (host === 'localhost' || host === '::1') return true;
+  return isIP(host) === 4 && host.startsWith('127.');
 }
 
 /** A secret must be readable by its owner alone: a group or others could pass it on. */

@@ -3,6 +3,9 @@
  * the package's main module: `gcloud functions deploy NAME --entry-point=NAME`
  * deploys one of them, and dist/bin/serve.js serves them all.
  */
+export { credentialIssue } from './credentialIssue';
+export { credentialList } from './credentialList';
+export { credentialRevoke } from './credentialRevoke';
 export { envelopeCreate } from './envelopeCreate';
 export { envelopeDelete } from './envelopeDelete';
 export { envelopeLoad } from './envelopeLoad';

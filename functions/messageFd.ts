@@ -7,7 +7,7 @@ import { service } from '../lib/service';
  * MESSAGE_FD_R: the committed body, byte for byte. `Range: bytes=FIRST-[LAST]`
  * reads a part (206), which is how bodies larger than one HTTP response travel.
  */
-export const messageFd = endpoint('messageFd', { method: 'GET', from: 'query', input: Requests.messageFd }, async ({ msgid, owner }, req) => {
+export const messageFd = endpoint('messageFd', { method: 'GET', from: 'query', input: Requests.messageFd, access: { self: 'owner' } }, async ({ msgid, owner }, req) => {
   const range = parseRange(req.get('range'));
   const length = range?.last === undefined ? undefined : range.last - range.first + 1;
   const { info, data } = await service().store.messageRead(msgid, { owner, offset: range?.first, length });

@@ -6,7 +6,7 @@ import { service } from '../lib/service';
 /** Stores a part of an incoming message's body, for bodies too large for one messageCommit. */
 export const messageWrite = endpoint(
   'messageWrite',
-  { method: 'PUT', from: 'bytes', input: Requests.messageWrite },
+  { method: 'PUT', from: 'bytes', input: Requests.messageWrite, access: { self: 'owner' } },
   async ({ msgid, offset, owner = DEFAULT_OWNER }, req) => {
     const data = Buffer.isBuffer(req.body) ? req.body : Buffer.alloc(0);
     await service().store.messageWrite(msgid, offset, data, owner);

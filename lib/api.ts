@@ -1,7 +1,8 @@
 import { z } from 'zod';
 import { Base64, b64 } from './wire';
 import { Evpid, Msgid, Owner } from './ids';
-import { CREATE_BATCH_MAX, PAGE_MAX, TAKEOVER_MAX, type Envelope, type InstanceInfo, type MessageInfo } from './store';
+import type { CredentialInfo } from './credentials';
+import { CREATE_BATCH_MAX, PAGE_BYTES_MAX, PAGE_MAX, TAKEOVER_MAX, type Envelope, type InstanceInfo, type MessageInfo } from './store';
 
 /**
  * The HTTP shapes of the queue API, shared by the functions (which parse
@@ -27,6 +28,9 @@ export const FUNCTION_NAMES = [
   'instanceHeartbeat',
   'queueStatus',
   'queueTakeover',
+  'credentialIssue',
+  'credentialRevoke',
+  'credentialList',
 ] as const;
 
 export type FunctionName = (typeof FUNCTION_NAMES)[number];
@@ -86,6 +90,26 @@ export const InstanceJson = z.object({
   claims: z.number().int().min(0).default(0),
 });
 
+/** How much of a credential's digest is shown, and the least of it credentialRevoke takes. */
+export const DIGEST_SHOWN = 12;
+
+/** A credential as listed: its digest cut to DIGEST_SHOWN hex digits, never its token. */
+export const toCredentialJson = (c: CredentialInfo) => ({
+  digest: c.digest.slice(0, DIGEST_SHOWN),
+  role: c.role,
+  instance: c.instance,
+  issuedAt: c.issuedAt.toISOString(),
+  revokedAt: c.revokedAt?.toISOString() ?? null,
+});
+
+export const CredentialJson = z.object({
+  digest: z.string(),
+  role: z.enum(['mx', 'admin']),
+  instance: z.string().nullable(),
+  issuedAt: IsoDate,
+  revokedAt: IsoDate.nullable(),
+});
+
 export const Sha256 = z.string().regex(/^[0-9a-f]{64}$/, 'sha256 must be 64 lowercase hex digits');
 
 /** Every function that names a message or envelope may say who asks. */
@@ -123,7 +147,7 @@ export const Requests = {
   envelopeWalk: z.strictObject({
     cursor: z.string().max(500).optional(),
     limit: Limit.optional(),
-    maxBytes: z.coerce.number().int().min(1).max(16 * 1024 * 1024).optional(),
+    maxBytes: z.coerce.number().int().min(1).max(PAGE_BYTES_MAX).optional(),
     ...owned,
   }),
   instanceHeartbeat: z.strictObject({
@@ -138,6 +162,12 @@ export const Requests = {
     from: z.array(Owner).min(1).max(100).optional(),
     limit: z.number().int().min(1).max(TAKEOVER_MAX).optional(),
   }),
+  credentialIssue: z.discriminatedUnion('role', [z.strictObject({ role: z.literal('mx'), instance: Owner }), z.strictObject({ role: z.literal('admin') })]),
+  credentialRevoke: z.union([
+    z.strictObject({ digest: z.string().regex(new RegExp(`^[0-9a-f]{${DIGEST_SHOWN},64}$`), `digest must be ${DIGEST_SHOWN} to 64 lowercase hex digits`) }),
+    z.strictObject({ instance: Owner }),
+  ]),
+  credentialList: z.strictObject({}),
 } satisfies Record<FunctionName, z.ZodType>;
 
 export const Responses = {
@@ -161,4 +191,7 @@ export const Responses = {
     purged: z.number(),
     more: z.boolean(),
   }),
+  credentialIssue: z.object({ token: z.string(), credential: CredentialJson }),
+  credentialRevoke: z.object({ revoked: z.array(CredentialJson) }),
+  credentialList: z.object({ credentials: z.array(CredentialJson) }),
 };

@@ -1,12 +1,14 @@
+import { createHmac, timingSafeEqual } from 'node:crypto';
 import { z } from 'zod';
 import { badRequest } from './errors';
-import { Evpid, Msgid } from './ids';
+import { Evpid, Msgid, Owner } from './ids';
+import type { ServiceKey } from './service-key';
 import { PAGE_BYTES_DEFAULT, PAGE_DEFAULT, PAGE_MAX, type Envelope, type PageRequest } from './store';
 
 /**
  * A walk position: everything up to envelope `e` of message `m` has been
  * handed out (all of `m` when `e` is absent), and `t0` is the snapshot time
- * fixed by the first page. Opaque to clients: base64url JSON.
+ * fixed by the first page.
  */
 export interface WalkPosition {
   t0: number;
@@ -14,26 +16,64 @@ export interface WalkPosition {
   e?: string;
 }
 
-const Position = z.strictObject({
+/**
+ * The walk a cursor belongs to: which one (`envelopes`, or `message MSGID`)
+ * and whom it walks for (null: an administrator's walk of every owner).
+ */
+export interface WalkScope {
+  walk: string;
+  owner: string | null;
+}
+
+const MAC_BYTES = 32;
+
+const Signed = z.strictObject({
+  w: z.string(),
+  o: Owner.nullable(),
   t0: z.number().int().nonnegative(),
   m: Msgid.optional(),
   e: Evpid.optional(),
 });
 
-export function encodeCursor(pos: WalkPosition): string {
-  return Buffer.from(JSON.stringify(pos)).toString('base64url');
+const invalid = () => badRequest('the cursor is not valid: pass back a cursor this service handed out for the same walk');
+
+/**
+ * Cursors are opaque to clients and tamper-proof: base64url of an
+ * HMAC-SHA256 under the service's key, then the position with the walk it
+ * belongs to. A cursor changed in any byte, or used for another walk or
+ * owner, is refused, so that a client cannot move a walk's snapshot or
+ * reach another owner's envelopes. Checking one never writes: with no key
+ * made yet, no cursor can be valid.
+ */
+export class WalkCursors {
+  constructor(private readonly key: ServiceKey) {}
+
+  async encode(scope: WalkScope, pos: WalkPosition): Promise<string> {
+    const payload = Buffer.from(JSON.stringify({ w: scope.walk, o: scope.owner, ...pos }));
+    return Buffer.concat([mac(await this.key.get(), payload), payload]).toString('base64url');
+  }
+
+  async decode(cursor: string, scope: WalkScope): Promise<WalkPosition> {
+    const bytes = Buffer.from(cursor, 'base64url');
+    // Node skips characters outside the alphabet and spare bits: only the canonical spelling counts
+    if (bytes.length <= MAC_BYTES || bytes.toString('base64url') !== cursor) throw invalid();
+    const secret = await this.key.find();
+    const payload = bytes.subarray(MAC_BYTES);
+    if (!secret || !timingSafeEqual(bytes.subarray(0, MAC_BYTES), mac(secret, payload))) throw invalid();
+    let signed: z.infer<typeof Signed>;
+    try {
+      signed = Signed.parse(JSON.parse(payload.toString('utf8')));
+    } catch {
+      throw invalid();
+    }
+    const { w, o, ...pos } = signed;
+    if (w !== scope.walk || o !== scope.owner) throw invalid();
+    return pos;
+  }
 }
 
-export function decodeCursor(cursor: string): WalkPosition {
-  let raw: unknown;
-  try {
-    raw = JSON.parse(Buffer.from(cursor, 'base64url').toString('utf8'));
-  } catch {
-    throw badRequest('cursor is not one this service handed out');
-  }
-  const parsed = Position.safeParse(raw);
-  if (!parsed.success) throw badRequest('cursor is not one this service handed out');
-  return parsed.data;
+function mac(secret: Buffer, payload: Buffer): Buffer {
+  return createHmac('sha256', secret).update(payload).digest();
 }
 
 /** A page being filled: envelopes are taken until its count or byte budget is spent, and at least one. */

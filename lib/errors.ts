@@ -8,6 +8,7 @@
 export const STATUS = {
   bad_request: 400,
   unauthorized: 401,
+  forbidden: 403,
   not_found: 404,
   method_not_allowed: 405,
   conflict: 409,
@@ -47,6 +48,9 @@ export const tooLarge = (message: string, details?: Record<string, unknown>) =>
 
 export const unavailable = (message: string, details?: Record<string, unknown>, cause?: unknown) =>
   new QueueError('unavailable', message, details, { cause });
+
+/** A caller whose identity may not do what it asks (lib/auth.ts): another instance's name, or an administrator's function. */
+export const forbidden = (message: string, details?: Record<string, unknown>) => new QueueError('forbidden', message, details);
 
 /** A refused mutation or read by an instance that does not own the message. */
 export const notOwner = (msgid: string) =>

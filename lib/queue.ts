@@ -1,4 +1,4 @@
-import { decodeCursor, encodeCursor, PageFill } from './cursor';
+import { PageFill, WalkCursors, type WalkScope } from './cursor';
 import { conflict, notFound, QueueError, rolledBack } from './errors';
 import { msgidOf, type Evpid, type Msgid } from './ids';
 import {
@@ -29,6 +29,7 @@ import {
   toInfo,
   toInstance,
 } from './records';
+import { ServiceKey } from './service-key';
 import { newSnapshotTime } from './snapshot';
 import { KeyExists, key, type CommittedRecord, type Found, type Key, type Kind, type Records, type Row, type Storage, type Transaction } from './storage';
 import {
@@ -90,6 +91,7 @@ const CHILD_KINDS = ['Chunk', 'Envelope', 'Tally'] as const;
 export class Queue implements QueueStore {
   readonly limits: Limits;
   private readonly onSweepError: (err: unknown) => void;
+  private readonly cursors: WalkCursors;
 
   constructor(
     private readonly storage: Storage,
@@ -97,6 +99,7 @@ export class Queue implements QueueStore {
   ) {
     this.limits = options.limits ?? DEFAULT_LIMITS;
     this.onSweepError = options.onSweepError ?? (() => undefined);
+    this.cursors = new WalkCursors(new ServiceKey(storage, 'cursor'));
   }
 
   async messageCreate(msgids: Msgid[], owner: string): Promise<void> {
@@ -190,13 +193,14 @@ export class Queue implements QueueStore {
     if (!committed && !incoming) throw notFound('msgid', msgid);
     const message = committed ? toInfo(msgid, committed) : incomingInfo(msgid, incoming!);
     checkOwner(message, page);
-    const pos = page.cursor ? decodeCursor(page.cursor) : { t0: Date.now() };
+    const scope: WalkScope = { walk: `message ${msgid}`, owner: page.owner ?? null };
+    const pos = page.cursor ? await this.cursors.decode(page.cursor, scope) : { t0: Date.now() };
     const fill = new PageFill(page);
-    const { rows, more } = await this.envelopesOf(msgid, pos.m === msgid ? pos.e : undefined, fill.limit);
+    const { rows, more } = await this.envelopesOf(msgid, pos.e, fill.limit);
     for (const row of rows) if (!fill.add(row)) break;
     const last = fill.items.at(-1);
     const cut = fill.items.length < rows.length || more;
-    return { message, items: fill.items, cursor: cut && last ? encodeCursor({ t0: pos.t0, m: msgid, e: last.evpid }) : null };
+    return { message, items: fill.items, cursor: cut && last ? await this.cursors.encode(scope, { t0: pos.t0, m: msgid, e: last.evpid }) : null };
   }
 
   async messageCorrupt(msgid: Msgid, check?: OwnerCheck): Promise<MessageInfo> {
@@ -259,10 +263,11 @@ export class Queue implements QueueStore {
   }
 
   async envelopeWalk(page: PageRequest & { owner?: string } = {}): Promise<Page<Envelope>> {
-    const pos = page.cursor ? decodeCursor(page.cursor) : { t0: await newSnapshotTime() };
+    const scope: WalkScope = { walk: 'envelopes', owner: page.owner ?? null };
+    const pos = page.cursor ? await this.cursors.decode(page.cursor, scope) : { t0: await newSnapshotTime() };
     const fill = new PageFill(page);
     let after: { m?: string; e?: string } = pos;
-    const cursorAt = (m: string, e: string) => encodeCursor({ t0: pos.t0, m, e });
+    const cursorAt = (m: string, e: string) => this.cursors.encode(scope, { t0: pos.t0, m, e });
     for (;;) {
       const batch = await this.storage.query({
         kind: 'Message',
@@ -284,11 +289,11 @@ export class Queue implements QueueStore {
           for (const row of rows) {
             if (fill.isFull(row)) {
               const last = fill.items.at(-1)!;
-              return { items: fill.items, cursor: cursorAt(msgidOf(last.evpid), last.evpid) };
+              return { items: fill.items, cursor: await cursorAt(msgidOf(last.evpid), last.evpid) };
             }
             if (row.createdAt.getTime() <= pos.t0) fill.add(row);
           }
-          if (more) return { items: fill.items, cursor: cursorAt(msgid, rows.at(-1)!.evpid) };
+          if (more) return { items: fill.items, cursor: await cursorAt(msgid, rows.at(-1)!.evpid) };
           after = { m: msgid };
         }
       }

@@ -1,6 +1,7 @@
 import http from 'node:http';
 import { getTestServer } from '@google-cloud/functions-framework/testing';
 import { FUNCTION_NAMES } from './api';
+import type { GatedRequest } from './body-gate';
 
 /**
  * All queue functions in one HTTP server, each at /<functionName>, the same
@@ -24,6 +25,7 @@ export function createQueueServer(): http.Server {
       return;
     }
     req.url = (match[2] ?? '/') + (match[3] ?? '');
+    (req as GatedRequest).queueFunction = match[1];
     handler(req, res);
   });
 }

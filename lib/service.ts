@@ -1,4 +1,5 @@
-import { loadConfig, type ServiceConfig } from './config';
+import { ConfigError, loadConfig, type ServiceConfig } from './config';
+import { Credentials } from './credentials';
 import { createLogger } from './log';
 import { Queue } from './queue';
 import type { Storage } from './storage';
@@ -7,33 +8,41 @@ import { MemoryStorage } from './storage-memory';
 import type { QueueStore } from './store';
 
 /**
- * The configuration and queue the functions use, made once per process from
- * the environment. Tests and embedders can set their own with useService.
+ * The configuration, queue and credentials the functions use, made once per
+ * process from the environment. Tests and embedders can set their own with
+ * useService.
  */
 export interface Service {
   config: ServiceConfig;
   store: QueueStore;
+  /** The issued credentials (QUEUE_AUTH=tokens), kept in the queue's storage; an embedder without them cannot use that mode. */
+  credentials?: Credentials;
 }
 
 let current: Service | undefined;
 
 export function service(): Service {
-  if (!current) {
-    const config = loadConfig();
-    current = { config, store: storeFor(config) };
-  }
+  current ??= serviceFor(loadConfig());
   return current;
+}
+
+/** The service's issued credentials (QUEUE_AUTH=tokens). */
+export function credentials(): Credentials {
+  const { credentials } = service();
+  if (!credentials) throw new ConfigError('this service has no store of credentials');
+  return credentials;
 }
 
 export function useService(next: Service | undefined): void {
   current = next;
 }
 
-/** The queue over the configured storage driver. */
-export function storeFor(config: ServiceConfig): QueueStore {
+/** The queue and the credentials over the configured storage driver. */
+export function serviceFor(config: ServiceConfig): Service {
+  const storage = storageFor(config);
   const log = createLogger({ name: 'queue' });
   const onSweepError = (err: unknown) => log.warn({ err }, 'could not sweep expired tombstones; the next heartbeat or purge tries again');
-  return new Queue(storageFor(config), { limits: config.limits, onSweepError });
+  return { config, store: new Queue(storage, { limits: config.limits, onSweepError }), credentials: new Credentials(storage) };
 }
 
 function storageFor(config: ServiceConfig): Storage {

@@ -96,6 +96,8 @@ export const INDEXED_FIELDS: Record<Kind, readonly string[]> = {
   Tally: [],
   Instance: ['leaseUntil'],
   Claims: [],
+  Credential: [],
+  ServiceKey: [],
 };
 
 /** Thrown by `write` when an insert finds its key taken. */
@@ -126,6 +128,10 @@ export interface Records {
   Instance: { leaseUntil: Date; heartbeatAt: Date; startedAt: Date; walkDone: number };
   /** How many messages have been claimed for an instance, ever (apart from Instance, which heartbeats overwrite). */
   Claims: { count: number };
+  /** A credential of QUEUE_AUTH=tokens, keyed by the hex sha256 of its token (lib/credentials.ts); the token itself is never stored. */
+  Credential: { role: 'mx' | 'admin'; instance: string | null; issuedAt: Date; revokedAt: Date | null };
+  /** A secret every instance of the service shares (lib/service-key.ts), never changed once made. */
+  ServiceKey: { secret: Buffer; createdAt: Date };
 }
 
 export interface CommittedRecord {
@@ -168,6 +174,8 @@ export const key = {
   tally: (msgid: Msgid): Key<'Tally'> => ({ kind: 'Tally', id: 'envelopes', msgid }),
   instance: (instance: string): Key<'Instance'> => ({ kind: 'Instance', id: instance }),
   claims: (instance: string): Key<'Claims'> => ({ kind: 'Claims', id: instance }),
+  credential: (digest: string): Key<'Credential'> => ({ kind: 'Credential', id: digest }),
+  serviceKey: (name: string): Key<'ServiceKey'> => ({ kind: 'ServiceKey', id: name }),
 };
 
 /** A key as one string: the path a driver may file the record under. */

@@ -231,6 +231,8 @@ export interface PageRequest {
 export const PAGE_DEFAULT = 100;
 export const PAGE_MAX = 1000;
 export const PAGE_BYTES_DEFAULT = 4 * 1024 * 1024;
+/** The largest `maxBytes` a page may be asked for. */
+export const PAGE_BYTES_MAX = 16 * 1024 * 1024;
 
 export interface Page<T> {
   items: T[];

@@ -54,6 +54,14 @@ describe('npm run deploy -- --dry-run', () => {
     expect(first).toEqual(expect.arrayContaining(['--allow-unauthenticated', '--set-env-vars=QUEUE_AUTH=token,QUEUE_NAMESPACE=opensmtpd']));
   });
 
+  test('one credential per MX: --admin-token-secret sets QUEUE_AUTH=tokens, public or not, and excludes the shared token', () => {
+    for (const access of [[], ['--public']]) {
+      const [first] = dryRun(...access, '--admin-token-secret=queue-admin-token', '--only=envelopeWalk');
+      expect(first).toEqual(expect.arrayContaining(['--set-env-vars=QUEUE_AUTH=tokens,QUEUE_NAMESPACE=opensmtpd', '--set-secrets=QUEUE_ADMIN_TOKEN=queue-admin-token:latest']));
+    }
+    expect(run(process.execPath, ['dist/bin/deploy.js', '--dry-run', '--token-secret=t', '--admin-token-secret=a']).status).toBe(2);
+  });
+
   test("gcloud accepts the printed commands' arguments (it stops only for want of credentials)", () => {
     const commands = [
       ...dryRun('--project=p', '--token-secret=t', '--only=messageCommit', '--invoker=serviceAccount:q@p.iam.gserviceaccount.com'),

@@ -8,7 +8,7 @@ import type { Discovered } from '../../bridge/discover';
 import { WriteJournal } from '../../bridge/journal';
 import { openOwnedFile } from '../../bridge/privileges';
 import { dispatch, failureReply, PROC, type Reply } from '../../bridge/protocol';
-import { QueueError } from '../../lib/errors';
+import { badRequest, QueueError } from '../../lib/errors';
 import { evpidFromHex, evpidToHex, msgidFromHex, msgidToHex, randomEvpid, randomMsgid, type Evpid, type Msgid } from '../../lib/ids';
 import { createLogger } from '../../lib/log';
 import { sha256hex } from '../../lib/rules';
@@ -743,6 +743,25 @@ describe('reconcile: nothing this instance owns stays unknown to its smtpd', () 
     expect(b.walked).toHaveLength(0);
     await waitFor(() => fake.asked.length >= 1, 10_000);
     expect(fake.asked).toEqual([missed.envelopes[0].evpid]);
+  });
+
+  test('a walk whose cursor the service refuses (one of its earlier version) ends, and the reconciler hands smtpd the rest', async () => {
+    const inner = memoryQueue();
+    const seeded = [await seed(inner, ['a@example.test']), await seed(inner, ['b@example.test']), await seed(inner, ['c@example.test'])];
+    const walk = inner.envelopeWalk.bind(inner);
+    // the start-up walk's first page comes with a cursor the service then refuses
+    let calls = 0;
+    inner.envelopeWalk = async (page) => {
+      if (page?.cursor === 'before-the-upgrade') throw badRequest('the cursor is not valid');
+      if (calls++ > 0) return walk(page);
+      return { ...(await walk({ ...page, limit: 1 })), cursor: 'before-the-upgrade' };
+    };
+    const fake = discoverer();
+    const b = await running(inner, { discoverer: fake });
+    expect(b.walked).toHaveLength(1);
+    await waitFor(() => fake.asked.length >= 2, 10_000);
+    const all = seeded.map((m) => m.envelopes[0].evpid);
+    expect([...fake.asked, b.walked[0].evpid].sort()).toEqual(all.sort());
   });
 
   test('waits for the walk: claims made while smtpd loads its queue are handed over once the walk is done', async () => {

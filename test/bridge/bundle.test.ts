@@ -9,7 +9,7 @@ import { bundleInputs } from '../../dev/bundle-bridge';
  * An import that pulls the server in fails here, not on a mail host.
  */
 const SERVER_PACKAGES = ['@google-cloud/functions-framework', '@google-cloud/datastore', 'google-gax', 'body-parser'];
-const SERVER_FILES = ['lib/http.ts', 'lib/json-errors.ts', 'lib/server.ts', 'lib/service.ts', 'lib/queue.ts', 'lib/storage-datastore.ts', 'lib/datastore-commit.ts'];
+const SERVER_FILES = ['lib/http.ts', 'lib/body-gate.ts', 'lib/server.ts', 'lib/service.ts', 'lib/queue.ts', 'lib/storage-datastore.ts', 'lib/datastore-commit.ts'];
 const SERVER_FOLDERS = ['functions/', 'bin/'];
 
 /** What of the server side `input` is: a package's name, a file, a folder, or undefined. */

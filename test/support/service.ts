@@ -1,6 +1,7 @@
 import '../../functions';
 import { HttpQueueStore, type ClientOptions } from '../../bridge/client';
 import type { ServiceConfig } from '../../lib/config';
+import type { Credentials } from '../../lib/credentials';
 import { createQueueServer, listen } from '../../lib/server';
 import { useService } from '../../lib/service';
 import { DEFAULT_LIMITS, type Limits, type QueueStore } from '../../lib/store';
@@ -22,11 +23,11 @@ export function testConfig(limits: Limits = DEFAULT_LIMITS, auth: ServiceConfig[
  * The functions read their store from lib/service, so one runs at a time.
  */
 export async function startService(
-  options: { store?: QueueStore; limits?: Limits; auth?: ServiceConfig['auth']; namespace?: string; port?: number } = {},
+  options: { store?: QueueStore; credentials?: Credentials; limits?: Limits; auth?: ServiceConfig['auth']; namespace?: string; port?: number } = {},
 ) {
   const limits = options.limits ?? DEFAULT_LIMITS;
   const store = options.store ?? firestoreStore(limits, options.namespace);
-  useService({ config: testConfig(limits, options.auth), store });
+  useService({ config: testConfig(limits, options.auth), store, credentials: options.credentials });
   const server = createQueueServer();
   const port = await listen(server, options.port ?? 0, '127.0.0.1');
   const baseUrl = `http://127.0.0.1:${port}`;

@@ -26,7 +26,12 @@ export function datastoreQueue(options: DatastoreOptions & QueueOptions): Queue 
 
 /** The queue on the Firestore emulator in Datastore mode, in a fresh namespace. */
 export function firestoreStore(limits: Limits = DEFAULT_LIMITS, namespace = uniqueNamespace('fs')): Queue {
-  return datastoreQueue({ apiEndpoint: emulatorHost('QUEUE_TEST_FIRESTORE_HOST'), projectId: 'queue-test', namespace, limits, timeoutMs: 30_000 });
+  return new Queue(firestoreStorage(namespace), { limits });
+}
+
+/** Storage on the Firestore emulator in Datastore mode, in a fresh namespace. */
+export function firestoreStorage(namespace = uniqueNamespace('fs')): DatastoreStorage {
+  return new DatastoreStorage({ apiEndpoint: emulatorHost('QUEUE_TEST_FIRESTORE_HOST'), projectId: 'queue-test', namespace, timeoutMs: 30_000 });
 }
 
 /** The queue on the legacy Datastore emulator, which enforces index.yaml. */
