@@ -288,7 +288,12 @@ async function runCell(call: Call, fault: Fault): Promise<Outcome> {
       writeFileSync(path.join(suite.logDir(), `${name}.trace`), [...earlierTraces, smtpd!.output()].join('\n'));
       writeFileSync(path.join(suite.logDir(), `${name}.sink`), (sink?.messages ?? []).map((m) => `${m.to.join(',')}\n${m.data}`).join('\n=====\n'));
     }
-    const again = fault === 'bridge-kill' && call !== 'BOUNCE' ? againAfterCrash(sink!, subjects, earlierTraces.join('\n')) : new Map<string, number>();
+    const again =
+      fault !== 'bridge-kill'
+        ? new Map<string, number>()
+        : call === 'BOUNCE'
+          ? bouncedAgainAfterCrash(counts, subjects, earlierTraces.join('\n'))
+          : againAfterCrash(sink!, subjects, earlierTraces.join('\n'));
     smtpdStayedUp &&= smtpdPids().length > 0 && !FATAL.test(smtpd!.output());
     const outcome: Outcome = {
       call,
@@ -434,6 +439,25 @@ function againAfterCrash(sink: Sink, subjects: string[], before: string): Map<st
       if (n > 1 && !deleted.has(msgid)) again.set(key, (again.get(key) ?? 0) + 1);
     }
   }
+  return again;
+}
+
+/**
+ * Bounces made again for messages whose bounced envelope the smtpd that died
+ * never deleted: smtpd creates the bounce, then deletes the envelope that
+ * bounced (queue.c), and its bridge was killed in between. The next smtpd
+ * tries that envelope again and bounces it again, as it would over its own
+ * fs queue after a crash. The dead smtpd's trace (`before`) has its commits,
+ * in the order the subjects were sent, and each delete it was answered for.
+ */
+function bouncedAgainAfterCrash(counts: Map<string, number>, subjects: string[], before: string): Map<string, number> {
+  const committed = [...before.matchAll(/queue_message_commit\(([0-9a-f]{8})\) -> 1/g)].map((m) => m[1]);
+  const deleted = new Set([...before.matchAll(/queue_envelope_delete\(([0-9a-f]{8})[0-9a-f]{8}\) -> 1/g)].map((m) => m[1]));
+  const again = new Map<string, number>();
+  subjects.forEach((subject, i) => {
+    const n = counts.get(subject) ?? 0;
+    if (n > 1 && committed[i] !== undefined && !deleted.has(committed[i])) again.set(subject, n - 1);
+  });
   return again;
 }
 
