@@ -4,6 +4,20 @@ import { FUNCTION_NAMES } from './api';
 import type { GatedRequest } from './body-gate';
 
 /**
+ * A client that holds a connection open by sending slowly (slow loris) is cut
+ * off: its headers must arrive within 10 s, and its whole request within
+ * 120 s (a 36 MiB commit at 300 KB/s). Node checks every second rather than
+ * every 30 s, and answers headers over 16 KB with 431. Deployed functions are
+ * behind Google's front end, which does the same for them.
+ */
+const SERVER_LIMITS: http.ServerOptions = {
+  headersTimeout: 10_000,
+  requestTimeout: 120_000,
+  connectionsCheckingInterval: 1_000,
+  maxHeaderSize: 16 * 1024,
+};
+
+/**
  * All queue functions in one HTTP server, each at /<functionName>, the same
  * paths as the deployed https://REGION-PROJECT.cloudfunctions.net/<name>.
  * functions-framework serves one function per process, so this routes each
@@ -16,7 +30,7 @@ export function createQueueServer(): http.Server {
   for (const name of FUNCTION_NAMES) {
     handlers.set(name, getTestServer(name).listeners('request')[0] as http.RequestListener);
   }
-  return http.createServer((req, res) => {
+  return http.createServer(SERVER_LIMITS, (req, res) => {
     const match = /^\/([A-Za-z]+)(\/[^?]*)?(\?.*)?$/.exec(req.url ?? '/');
     const handler = match && handlers.get(match[1]);
     if (!match || !handler) {

@@ -8,22 +8,28 @@ import { installBridge, uninstallBridge } from '../../bin/install-bridge';
 import { freePort, openSmtpClient, startSink, stopAllSinks, waitFor, type Sink } from '../../dev/mail';
 import { startSmtpd, stopAllSmtpd, type Smtpd } from '../../dev/smtpd/process';
 import { testUser } from '../../dev/smtpd/user';
+import { Credentials } from '../../lib/credentials';
 import { msgidOf } from '../../lib/ids';
+import { Queue } from '../../lib/queue';
 import { startProxy } from '../support/proxy';
-import { TEST_TOKEN, startService } from '../support/service';
-import { uniqueNamespace } from '../support/stores';
+import { startService } from '../support/service';
+import { firestoreStorage, uniqueNamespace } from '../support/stores';
 
 /**
  * A pool of MX on one queue: several real smtpd, each in a mount namespace
  * of its own (spool, control socket), each with its own bridge instance, all
  * on one service, relaying to one sink. Mail must reach the sink exactly
- * once whatever happens to an instance.
+ * once whatever happens to an instance. As a pool should run: one identity
+ * per MX (QUEUE_AUTH=tokens), each bridge with its own credential, issued
+ * with `queue-rest credential issue`; takeovers on another's behalf with the
+ * administrator's.
  */
 jest.setTimeout(240_000);
 
 const ROOT = path.join(__dirname, '../..');
 const BACKEND = 'resttest';
 const LEASE = 4000;
+const ADMIN_TOKEN = 'pool-admin-token-0123456789abcdef';
 
 type Service = Awaited<ReturnType<typeof startService>>;
 let service: Service;
@@ -42,10 +48,27 @@ beforeAll(() => {
   chmodSync(logDir, 0o755);
 });
 
+/** Each MX's credential, issued once per test (an MX that restarts keeps its own). */
+let tokens: Map<string, string>;
+
 // a queue of its own for each test: a takeover takes every dead instance's mail
 beforeEach(async () => {
-  service = await startService({ namespace: uniqueNamespace('pool') });
+  const storage = firestoreStorage(uniqueNamespace('pool'));
+  service = await startService({ store: new Queue(storage), credentials: new Credentials(storage), auth: { mode: 'tokens', adminToken: ADMIN_TOKEN } });
+  tokens = new Map();
 });
+
+/** The administrator's command line, as an operator runs it (not spawnSync: the service runs in this process). */
+async function adminCommand(args: string[]): Promise<string> {
+  const env: NodeJS.ProcessEnv = { ...process.env, QUEUE_ADMIN_TOKEN: ADMIN_TOKEN };
+  delete env.QUEUE_TOKEN;
+  return (await promisify(execFile)(bridgeProgram, args, { env, encoding: 'utf8' })).stdout;
+}
+
+async function credentialOf(instance: string): Promise<string> {
+  if (!tokens.has(instance)) tokens.set(instance, (await adminCommand(['credential', 'issue', instance, service.baseUrl])).trim());
+  return tokens.get(instance)!;
+}
 
 afterEach(async () => {
   await stopAllSinks();
@@ -74,7 +97,7 @@ async function mx(name: string, relayPort: number, url = service.baseUrl): Promi
     relayPort,
     queue: `${BACKEND}:${url}`,
     env: {
-      QUEUE_TOKEN: TEST_TOKEN,
+      QUEUE_TOKEN: await credentialOf(name),
       QUEUE_REST_INSTANCE: name,
       QUEUE_REST_LEASE: String(LEASE),
       QUEUE_REST_LOG: logFile,
@@ -135,10 +158,9 @@ async function ownersOf(prefix: string): Promise<Map<string, number>> {
   return owners;
 }
 
-/** `queue-rest takeover` for a running MX, as an administrator runs it (not spawnSync: the service runs in this process); answers the evpids claimed. */
+/** `queue-rest takeover` for a running MX, on its behalf, as an administrator runs it; answers the evpids claimed. */
 async function takeover(instance: string): Promise<string[]> {
-  const args = ['takeover', service.baseUrl, '--instance', instance, '--json'];
-  const { stdout } = await promisify(execFile)(bridgeProgram, args, { env: { ...process.env, QUEUE_TOKEN: TEST_TOKEN }, encoding: 'utf8' });
+  const stdout = await adminCommand(['takeover', service.baseUrl, '--instance', instance, '--json']);
   // what it claimed; the instance's bridge hands them to its smtpd
   return JSON.parse(stdout).claimed;
 }

@@ -143,3 +143,38 @@ test('a compressed body is refused (415) before it is read', async () => {
   const sent = await post('messageCreate', 2 * MB, { ...auth, 'content-encoding': 'gzip' });
   expect(sent.status).toBe(415);
 });
+
+/** Sends `head` and answers the first bytes that come back, with how long they took (or '' if the connection closed without any). */
+function rawExchange(head: string, trickle?: { every: number; bytes: string }): Promise<{ reply: string; ms: number }> {
+  const started = performance.now();
+  return new Promise((resolve) => {
+    const socket = net.connect(port, '127.0.0.1');
+    let reply = '';
+    let timer: NodeJS.Timeout | undefined;
+    const done = () => {
+      clearInterval(timer);
+      socket.destroy();
+      resolve({ reply, ms: performance.now() - started });
+    };
+    socket.on('data', (data: Buffer) => {
+      reply += data.toString('latin1');
+      done();
+    });
+    socket.on('close', done);
+    socket.on('error', () => undefined);
+    socket.write(head);
+    if (trickle) timer = setInterval(() => socket.write(trickle.bytes), trickle.every);
+  });
+}
+
+test('an oversized header is refused with 431', async () => {
+  const { reply } = await rawExchange(`POST /messageCreate HTTP/1.1\r\nhost: 127.0.0.1\r\nx-padding: ${'a'.repeat(32 * 1024)}\r\n\r\n`);
+  expect(reply).toMatch(/^HTTP\/1\.1 431 /);
+});
+
+test('a slow loris, sending its headers a byte a second, is cut off after 10 s', async () => {
+  const { reply, ms } = await rawExchange('POST /messageCreate HTTP/1.1\r\nhost: 127.0.0.1\r\nx-slow: ', { every: 1_000, bytes: 'a' });
+  expect(reply === '' || /^HTTP\/1\.1 408 /.test(reply)).toBe(true);
+  expect(ms).toBeGreaterThan(9_000);
+  expect(ms).toBeLessThan(13_000);
+}, 30_000);
