@@ -178,3 +178,11 @@ test('a slow loris, sending its headers a byte a second, is cut off after 10 s',
   expect(ms).toBeGreaterThan(9_000);
   expect(ms).toBeLessThan(13_000);
 }, 30_000);
+
+test('a slow body, authenticated, sending a byte a second, is cut off when its request has taken 120 s', async () => {
+  const head = `PUT /messageWrite?msgid=01234567&offset=0 HTTP/1.1\r\nhost: 127.0.0.1\r\nauthorization: Bearer ${TOKEN}\r\ncontent-type: application/octet-stream\r\ncontent-length: 1000000\r\n\r\n`;
+  const { reply, ms } = await rawExchange(head, { every: 1_000, bytes: 'x' });
+  expect(reply === '' || /^HTTP\/1\.1 408 /.test(reply)).toBe(true);
+  expect(ms).toBeGreaterThan(119_000);
+  expect(ms).toBeLessThan(124_000);
+}, 150_000);
