@@ -102,6 +102,13 @@ export class Backend implements QueueBackend {
   private readonly deleting = new Set<Evpid>();
   /** Envelopes smtpd has through this bridge: it must never be handed one of them again. */
   private readonly smtpdHas = new Set<Evpid>();
+  /**
+   * Envelopes smtpd deleted, as far back as this bridge remembers: never to
+   * be handed to it again, whatever the service lists. A storage that
+   * answers wrongly (the Datastore emulator, restarting, has found nothing
+   * where it had an envelope) can leave one there after its delete landed.
+   */
+  private readonly smtpdDeleted = new LRUCache<Evpid, true>({ max: 100_000 });
   private readonly reconciler?: Reconciler;
   private readonly journal?: WriteJournal;
   /** Journal entries of updates written behind, per envelope: all are done once the latest bytes land. */
@@ -146,6 +153,8 @@ export class Backend implements QueueBackend {
         log: this.log,
         discoverer: options.discoverer,
         smtpdHas: (evpid) => this.smtpdHas.has(evpid) || this.deleting.has(evpid),
+        smtpdDeleted: (evpid) => this.smtpdDeleted.has(evpid),
+        deleteAgain: (evpid) => this.deleteBehind(evpid, `delete of envelope ${evpid} again: smtpd deleted it, the service still lists it`),
         handedOver: (evpid, data) => {
           this.smtpdHas.add(evpid);
           this.copy.set(evpid, data);
@@ -416,27 +425,33 @@ export class Backend implements QueueBackend {
     if (held) return held.delete(evpid);
     const deadline = this.deadline();
     this.forget(evpid);
+    this.smtpdDeleted.set(evpid, true);
+    const what = `delete of envelope ${evpid}`;
+    if (this.asyncDelete && !this.closed && this.later.pending < WRITE_BEHIND_MAX && this.deleteBehind(evpid, what)) return true;
+    return (await this.writeNowOrBehind(msgid, what, this.removeEnvelope(evpid), deadline, { op: 'delete', evpid })) === 'done';
+  }
+
+  /** The delete of an envelope smtpd deleted, in the service; `deleting` holds it until it lands or is refused. */
+  private removeEnvelope(evpid: Evpid): () => Promise<void> {
     this.deleting.add(evpid);
-    const remove = async () => {
+    return async () => {
       try {
         const { messageDeleted } = await this.store.envelopeDelete(evpid, { owner: this.owner });
-        if (messageDeleted) this.bodies.delete(msgid);
+        if (messageDeleted) this.bodies.delete(msgidOf(evpid));
         this.deleting.delete(evpid);
       } catch (err) {
         if (isFinal(err)) this.deleting.delete(evpid);
         throw err;
       }
     };
-    const what = `delete of envelope ${evpid}`;
-    const write: Pending = { op: 'delete', evpid };
-    if (this.asyncDelete && !this.closed && this.later.pending < WRITE_BEHIND_MAX) {
-      const landed = this.remember(write);
-      if (landed) {
-        void this.behind(msgid, what, remove, landed);
-        return true;
-      }
-    }
-    return (await this.writeNowOrBehind(msgid, what, remove, deadline, write)) === 'done';
+  }
+
+  /** Queues the delete behind, journaled; false if the journal cannot keep it. */
+  private deleteBehind(evpid: Evpid, what: string): boolean {
+    const landed = this.remember({ op: 'delete', evpid });
+    if (!landed) return false;
+    void this.behind(msgidOf(evpid), what, this.removeEnvelope(evpid), landed);
+    return true;
   }
 
   /**
@@ -726,7 +741,7 @@ export class Backend implements QueueBackend {
   private newEvpid(msgid: Msgid): Evpid {
     for (;;) {
       const evpid = randomEvpid(msgid);
-      if (!this.copy.has(evpid) && !this.deleting.has(evpid)) return evpid;
+      if (!this.copy.has(evpid) && !this.deleting.has(evpid) && !this.smtpdDeleted.has(evpid)) return evpid;
     }
   }
 

@@ -38,6 +38,10 @@ export class Reconciler {
       discoverer: SmtpdDiscover;
       /** Whether smtpd has the envelope through this bridge already (walked, accepted, created, discovered, loaded). */
       smtpdHas(evpid: Evpid): boolean;
+      /** smtpd deleted it: it is not to be handed over, whatever the service lists. */
+      smtpdDeleted(evpid: Evpid): boolean;
+      /** Deletes it in the service again. */
+      deleteAgain(evpid: Evpid): void;
       /** smtpd has it now. */
       handedOver(evpid: Evpid, data: Buffer): void;
     },
@@ -110,6 +114,10 @@ export class Reconciler {
       for (const e of page.items) {
         if (this.stopped) return;
         if (this.o.smtpdHas(e.evpid)) continue;
+        if (this.o.smtpdDeleted(e.evpid)) {
+          this.o.deleteAgain(e.evpid);
+          continue;
+        }
         // the walk's pages are read as of its start: an envelope delivered since is not to be handed out
         if (!(await this.stillOurs(e.evpid)) || this.o.smtpdHas(e.evpid)) continue;
         const result = await this.o.discoverer.discover(e.evpid);

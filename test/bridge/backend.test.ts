@@ -745,6 +745,25 @@ describe('reconcile: nothing this instance owns stays unknown to its smtpd', () 
     expect(fake.asked).toEqual([missed.envelopes[0].evpid]);
   });
 
+  test('an envelope smtpd deleted that the service still lists (its delete found nothing there) is deleted again, never handed back', async () => {
+    const inner = memoryQueue();
+    const seeded = await seed(inner, ['a@example.test', 'b@example.test']);
+    const [gone, kept] = seeded.envelopes.map((e) => e.evpid);
+    // the storage answers the first delete as if the envelope were not there, as the Datastore emulator did once while it restarted
+    const remove = inner.envelopeDelete.bind(inner);
+    let wrong = true;
+    inner.envelopeDelete = async (evpid, check) => (wrong ? ((wrong = false), { deleted: false, messageDeleted: false }) : remove(evpid, check));
+    const fake = discoverer();
+    const b = await running(inner, { discoverer: fake });
+    expect(await b.smtpd.envelopeDelete(gone)).toBe(1);
+    await settled(b);
+    expect((await inner.envelopeWalk({ owner: OWNER })).items.map((e) => e.evpid)).toContain(gone);
+    b.backend.reconcile();
+    await waitFor(async () => !(await inner.envelopeWalk({ owner: OWNER })).items.some((e) => e.evpid === gone));
+    expect(fake.asked).toEqual([]);
+    expect((await inner.envelopeWalk({ owner: OWNER })).items.map((e) => e.evpid)).toEqual([kept]);
+  });
+
   test('a walk whose cursor the service refuses (one of its earlier version) ends, and the reconciler hands smtpd the rest', async () => {
     const inner = memoryQueue();
     const seeded = [await seed(inner, ['a@example.test']), await seed(inner, ['b@example.test']), await seed(inner, ['c@example.test'])];
@@ -779,9 +798,9 @@ describe('reconcile: nothing this instance owns stays unknown to its smtpd', () 
   });
 });
 
-async function waitFor(done: () => boolean, ms = 2_000): Promise<void> {
+async function waitFor(done: () => boolean | Promise<boolean>, ms = 2_000): Promise<void> {
   const deadline = Date.now() + ms;
-  while (!done()) {
+  while (!(await done())) {
     if (Date.now() > deadline) throw new Error('timed out');
     await sleep(10);
   }
