@@ -4,6 +4,7 @@ import { z } from 'zod';
 import { Responses, toEnvelopeJson, type FunctionName } from '../lib/api';
 import { TOKEN_HEADER } from '../lib/auth';
 import type { Grant } from '../lib/credentials';
+import type { IdTokenSource } from './id-tokens';
 import { isErrorCode, isServiceFault, QueueError } from '../lib/errors';
 import { b64 } from '../lib/wire';
 import type { Evpid, Msgid } from '../lib/ids';
@@ -43,8 +44,8 @@ export interface ClientOptions {
   baseUrl: string;
   /** The shared token, if the service requires one. */
   token?: string;
-  /** Sends the shared token in X-Queue-Token instead of Authorization (when Authorization carries an ID token). */
-  idToken?: (audience: string) => Promise<string>;
+  /** A Google ID token for each function's URL, in Authorization; the token then goes in X-Queue-Token. */
+  idToken?: IdTokenSource;
   /** Deadline of one HTTP attempt. */
   timeoutMs?: number;
   /** How long a call may keep retrying before it fails. */
