@@ -4,12 +4,15 @@ import { isMsgid } from '../lib/ids';
 import type { Envelope } from '../lib/store';
 import { HttpQueueStore } from './client';
 import { loadBridgeConfig } from './config';
+import { idTokensFor } from './id-tokens';
 
 /**
  * queue-rest's administrator commands, on the same configuration as the
  * bridge (ARG: the service's URL or the config file), with the
  * administrator's token (QUEUE_ADMIN_TOKEN, QUEUE_ADMIN_TOKEN_FILE or the
- * config file's admin-token-file), or else the bridge's own:
+ * config file's admin-token-file), or else the bridge's own; under
+ * `auth iam`, with Google ID tokens as the bridge gets them
+ * (bridge/id-tokens.ts), the token if any in X-Queue-Token:
  *
  *   queue-rest status ARG                 instances with their leases, messages by owner and state
  *   queue-rest list ARG [--owner ID]      the queued messages (of an owner) and their envelopes
@@ -50,7 +53,8 @@ export async function admin(argv: string[]): Promise<number> {
   const [arg, ...rest] = command === 'credential' ? [args.at(-1), ...args.slice(0, -1)] : args;
   const config = loadBridgeConfig(arg);
   const token = config.adminToken ?? config.token;
-  const store = new HttpQueueStore({ baseUrl: config.url, token, timeoutMs: config.timeoutMs, budgetMs: config.retryBudgetMs });
+  const idToken = await idTokensFor(config);
+  const store = new HttpQueueStore({ baseUrl: config.url, token, idToken, timeoutMs: config.timeoutMs, budgetMs: config.retryBudgetMs });
   const print: Print = (json, text) => process.stdout.write(values.json ? JSON.stringify(json, null, 2) + '\n' : text());
   try {
     if (command === 'status') {

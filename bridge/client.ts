@@ -4,7 +4,8 @@ import { z } from 'zod';
 import { Responses, toEnvelopeJson, type FunctionName } from '../lib/api';
 import { TOKEN_HEADER } from '../lib/auth';
 import type { Grant } from '../lib/credentials';
-import { isErrorCode, QueueError } from '../lib/errors';
+import type { IdTokenSource } from './id-tokens';
+import { isErrorCode, isServiceFault, QueueError } from '../lib/errors';
 import { b64 } from '../lib/wire';
 import type { Evpid, Msgid } from '../lib/ids';
 import { sha256hex } from '../lib/rules';
@@ -43,8 +44,8 @@ export interface ClientOptions {
   baseUrl: string;
   /** The shared token, if the service requires one. */
   token?: string;
-  /** Sends the shared token in X-Queue-Token instead of Authorization (when Authorization carries an ID token). */
-  idToken?: (audience: string) => Promise<string>;
+  /** A Google ID token for each function's URL, in Authorization; the token then goes in X-Queue-Token. */
+  idToken?: IdTokenSource;
   /** Deadline of one HTTP attempt. */
   timeoutMs?: number;
   /** How long a call may keep retrying before it fails. */
@@ -461,13 +462,15 @@ function errorOf(fn: FunctionName, answer: Answer): Error {
   } catch {
     // not one of the service's answers (a proxy, a front end)
   }
-  if (parsed && isErrorCode(parsed.error.code)) {
-    const { code, message, ...details } = parsed.error;
+  const code = parsed?.error.code;
+  if (parsed && code !== undefined && isErrorCode(code) && !isServiceFault(code)) {
+    const { code: _code, message, ...details } = parsed.error;
     return new QueueError(code, message, details);
   }
-  // a front end's answer, a redirect (never followed: the token must not go elsewhere), a bug
-  const text = parsed?.error.message ?? answer.body.toString('utf8').slice(0, 200);
-  return new QueueError('unavailable', `${fn} answered ${answer.status}: ${text}`, { status: answer.status });
+  // a front end's answer, a redirect (never followed: the token must not go elsewhere), a bug, storage the
+  // service cannot use: none is final, whatever its code, so smtpd gets a temporary failure and its mail stays
+  const text = parsed ? `${code}: ${parsed.error.message}` : answer.body.toString('utf8').slice(0, 200);
+  return new QueueError('unavailable', `${fn} answered ${answer.status}: ${text}`, { status: answer.status, ...(parsed && { code }) });
 }
 
 function unreachable(fn: FunctionName, err: unknown): QueueError {

@@ -1,8 +1,8 @@
 import path from 'node:path';
-import { GoogleAuth, type IdTokenClient } from 'google-auth-library';
 import type { Logger } from '../lib/log';
 import type { BridgeConfig } from './config';
 import { Discoverer } from './discover';
+import { idTokensFor, type IdTokenSource } from './id-tokens';
 import { WriteJournal } from './journal';
 import { DEFAULT_USER, dropRoot, isRoot, lookUpUser, openOwnedFile, type UserIds } from './privileges';
 
@@ -19,14 +19,14 @@ export function bridgeUser(config: BridgeConfig): UserIds {
 }
 
 export class RootSetup {
-  idToken?: (audience: string) => Promise<string>;
+  idToken?: IdTokenSource;
   discoverer?: Discoverer;
   statsFd?: number;
   journal?: WriteJournal;
 
   /** A throw leaves here what was opened before it: a bridge that cannot serve still writes its counters. */
   async run(config: BridgeConfig, user: UserIds, log: Logger): Promise<void> {
-    this.idToken = config.auth === 'iam' ? await idTokens() : undefined;
+    this.idToken = await idTokensFor(config);
     // the one thing the bridge does as root later, in a helper started now (bridge/discover.ts)
     this.discoverer = new Discoverer(log);
     if (config.statsFile) {
@@ -63,16 +63,4 @@ function openJournal(config: BridgeConfig, user: UserIds, log: Logger): WriteJou
     log.error({ err }, `no journal of pending writes (${(err as Error).message}): a bridge killed before its background writes land loses them, and smtpd delivers that mail again`);
     return undefined;
   }
-}
-
-/** An ID token for each function's URL, from the service account in GOOGLE_APPLICATION_CREDENTIALS or the metadata server. */
-async function idTokens(): Promise<(audience: string) => Promise<string>> {
-  const auth = new GoogleAuth();
-  await auth.getClient(); // reads the key file while the bridge is still root
-  const clients = new Map<string, Promise<IdTokenClient>>();
-  return async (audience) => {
-    if (!clients.has(audience)) clients.set(audience, auth.getIdTokenClient(audience));
-    const client = await clients.get(audience)!;
-    return client.idTokenProvider.fetchIdToken(audience);
-  };
 }

@@ -107,7 +107,7 @@ export async function serve(arg: string | undefined): Promise<void> {
       return reply;
     } catch (err) {
       counters.smtpd.record(name, performance.now() - started, false);
-      log.warn({ err, request: name }, `${name} failed; answered as a failure`);
+      log.warn({ err, request: name }, `${name} failed; answered as a failure: ${(err as Error)?.message ?? err}`);
       return failureReply(m.type);
     }
   });

@@ -58,20 +58,29 @@ export class ConfigError extends Error {
   override name = 'ConfigError';
 }
 
-/** A secret as stored: its first line, without the whitespace around it (a trailing newline from `echo` or `openssl rand`). */
-export function secretText(raw: string): string {
-  return raw.trim().split(/\r?\n/)[0].trim();
+/**
+ * A secret as stored, wherever from (the environment, a file, Secret
+ * Manager): its first line, without the whitespace around it (the newline
+ * of `echo` or `openssl rand`, a CRLF, stray spaces). `what` says where it
+ * is from, for the error if nothing is left.
+ */
+export function secretText(raw: string, what: string): string {
+  const secret = raw.trim().split(/\r\n|\r|\n/)[0].trim();
+  if (!secret) throw new ConfigError(`${what} holds no secret: it is empty once the whitespace around it is trimmed`);
+  return secret;
 }
 
-/** Reads the secret `name` given inline, or the first line of the file `name`_FILE names. */
+/** Reads the secret `name` given inline, or the first line of the file `name`_FILE names. An empty inline value counts as unset. */
 export function readSecret(name: string, value: string | undefined, file: string | undefined): string | undefined {
-  if (value) return secretText(value);
+  if (value) return secretText(value, name);
   if (!file) return undefined;
+  let raw: string;
   try {
-    return secretText(readFileSync(file, 'utf8'));
+    raw = readFileSync(file, 'utf8');
   } catch (err) {
     throw new ConfigError(`cannot read ${name}_FILE ${file}: ${(err as Error).message}`);
   }
+  return secretText(raw, `${name}_FILE ${file}`);
 }
 
 /** A secret of the service's must be too long to guess. */

@@ -15,12 +15,19 @@ export const STATUS = {
   too_large: 413,
   unsupported_media_type: 415,
   range_not_satisfiable: 416,
+  storage_permission_denied: 500,
+  storage_api_disabled: 500,
+  storage_database_missing: 500,
+  storage_wrong_mode: 500,
   unavailable: 503,
 } as const satisfies Record<string, number>;
 
 export type ErrorCode = keyof typeof STATUS;
 
 export const isErrorCode = (code: string): code is ErrorCode => Object.hasOwn(STATUS, code);
+
+/** A 500: the service cannot do its work until an operator fixes it (lib/datastore-errors.ts). No caller's request is at fault. */
+export const isServiceFault = (code: ErrorCode): boolean => STATUS[code] === 500;
 
 export class QueueError extends Error {
   constructor(
@@ -48,6 +55,16 @@ export const tooLarge = (message: string, details?: Record<string, unknown>) =>
 
 export const unavailable = (message: string, details?: Record<string, unknown>, cause?: unknown) =>
   new QueueError('unavailable', message, details, { cause });
+
+/**
+ * Storage that refuses the service until an operator changes its set-up
+ * (lib/datastore-errors.ts): `message` says what to change.
+ */
+export const storageMisconfigured = (
+  code: 'storage_permission_denied' | 'storage_api_disabled' | 'storage_database_missing' | 'storage_wrong_mode',
+  message: string,
+  cause: unknown,
+) => new QueueError(code, message, {}, { cause });
 
 /** A caller whose identity may not do what it asks (lib/auth.ts): another instance's name, or an administrator's function. */
 export const forbidden = (message: string, details?: Record<string, unknown>) => new QueueError('forbidden', message, details);

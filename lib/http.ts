@@ -3,7 +3,7 @@ import type { HttpFunction, Request, Response } from '@google-cloud/functions-fr
 import { z } from 'zod';
 import { authenticate, type Caller } from './auth';
 import { ConfigError } from './config';
-import { forbidden, QueueError, STATUS } from './errors';
+import { forbidden, isServiceFault, QueueError, STATUS } from './errors';
 import getRawBody from 'raw-body';
 import { setBodyGate, type GatedRequest } from './body-gate';
 import { createLogger, type Logger } from './log';
@@ -189,7 +189,9 @@ function logRequest(name: string, req: Request, reply: Reply, failure: unknown, 
     },
   };
   const message = `${req.method} ${name} ${reply.status}`;
-  if (reply.status >= 500) logger().error({ ...line, err: failure }, message);
+  // an operator reads what to fix in the line itself (lib/datastore-errors.ts)
+  if (failure instanceof QueueError && isServiceFault(failure.code)) logger().error({ ...line, err: failure }, `${message} ${failure.code}: ${failure.message}`);
+  else if (reply.status >= 500) logger().error({ ...line, err: failure }, message);
   else if (reply.status >= 400) logger().warn({ ...line, error: (failure as Error).message }, message);
   else logger().info(line, message);
 }

@@ -1,13 +1,15 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Datastore, DatastoreClient, PropertyFilter, and, type Key as DatastoreKey, type Query as DatastoreQuery, type Transaction as DatastoreTransaction } from '@google-cloud/datastore';
 import { singleUseCommit, type Entity, type Props } from './datastore-commit';
-import { QueueError, unavailable } from './errors';
+import { ABORTED, ALREADY_EXISTS, grpcCode, storageError } from './datastore-errors';
+import { QueueError } from './errors';
 import { Found, INDEXED_FIELDS, KeyExists, type Key, type Kind, type Mutations, type Query, type Row, type Storage, type Transaction } from './storage';
 
 export interface DatastoreOptions {
   projectId?: string;
   /** One namespace per queue; '' is Datastore's default namespace. */
   namespace?: string;
+  /** A Datastore-mode database of the project; the default one if unset or '(default)'. */
   databaseId?: string;
   /** host:port of an emulator; otherwise DATASTORE_EMULATOR_HOST or Google's endpoint. */
   apiEndpoint?: string;
@@ -17,6 +19,7 @@ export interface DatastoreOptions {
 
 /** Datastore's 4 MiB request cap on the emulators, with room for keys and framing. */
 const WRITE_BATCH_BYTES = 3_500_000;
+const DEFAULT_DATABASE = '(default)';
 /** A transaction aborted by contention is run again this many times, with backoff, before it answers unavailable. */
 const TX_ATTEMPTS = 10;
 
@@ -32,13 +35,18 @@ export class DatastoreStorage implements Storage {
   readonly maxWriteBytes = WRITE_BATCH_BYTES;
   private readonly ds: Datastore;
   private readonly gax: { timeout: number; maxRetries: number };
+  /** The database's name in messages: its id, or '(default)'. */
+  private readonly database: string;
   private raw?: DatastoreClient;
 
   constructor(options: DatastoreOptions = {}) {
+    // the API names the default database '' and refuses '(default)', the name gcloud and the console show
+    const databaseId = options.databaseId === DEFAULT_DATABASE ? undefined : options.databaseId || undefined;
+    this.database = databaseId ?? DEFAULT_DATABASE;
     this.ds = new Datastore({
       projectId: options.projectId,
       namespace: options.namespace || undefined,
-      databaseId: options.databaseId,
+      databaseId,
       apiEndpoint: options.apiEndpoint,
     });
     this.gax = { timeout: options.timeoutMs ?? 10_000, maxRetries: 2 };
@@ -71,7 +79,7 @@ export class DatastoreStorage implements Storage {
       );
     } catch (err) {
       if (grpcCode(err) === ALREADY_EXISTS) throw new KeyExists();
-      throw storageError(err);
+      throw storageError(err, this.database);
     }
   }
 
@@ -93,7 +101,7 @@ export class DatastoreStorage implements Storage {
           await sleep(Math.min(1000, 25 * 2 ** attempt) * (0.5 + Math.random() / 2));
           continue;
         }
-        throw storageError(err);
+        throw storageError(err, this.database);
       }
     }
   }
@@ -114,7 +122,7 @@ export class DatastoreStorage implements Storage {
       for (const row of rows as Stored[]) found.add(this.toRow(row));
       return found;
     } catch (err) {
-      throw storageError(err);
+      throw storageError(err, this.database);
     }
   }
 
@@ -123,7 +131,7 @@ export class DatastoreStorage implements Storage {
       const [rows] = await this.ds.runQuery(query, { gaxOptions: this.gax });
       return rows as Stored[];
     } catch (err) {
-      throw storageError(err);
+      throw storageError(err, this.database);
     }
   }
 
@@ -164,26 +172,7 @@ function toKey(dsKey: DatastoreKey): Key {
   return path.length === 4 ? { kind: path[2] as Kind, id: path[3], msgid: path[1] } : { kind: path[0] as Kind, id: path[1] };
 }
 
-const ALREADY_EXISTS = 6;
-const ABORTED = 10;
-/** gRPC codes that mean storage is unreachable, overloaded or contended: worth retrying later. */
-const UNAVAILABLE_CODES = new Set([1, 4, 8, ABORTED, 14]);
-
-function grpcCode(err: unknown): number | undefined {
-  const code = (err as { code?: unknown } | null)?.code;
-  return typeof code === 'number' ? code : undefined;
-}
-
 /** Contention: the transaction may succeed if run again. Reads inside it report it already wrapped. */
 function isAborted(err: unknown): boolean {
   return grpcCode(err) === ABORTED || (err instanceof QueueError && err.details.grpcCode === ABORTED);
-}
-
-function storageError(err: unknown): unknown {
-  if (err instanceof QueueError) return err;
-  const code = grpcCode(err);
-  if (code !== undefined && UNAVAILABLE_CODES.has(code)) {
-    return unavailable(`storage unavailable (gRPC status ${code}); try again`, { grpcCode: code }, err);
-  }
-  return err;
 }

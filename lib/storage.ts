@@ -15,7 +15,10 @@ import { msgidOf, type Evpid, type Msgid } from './ids';
  * - Reads are strongly consistent: a read after a write that has answered
  *   sees it.
  * - A failure worth trying again later (unreachable, overloaded, contended)
- *   is thrown as `unavailable` (lib/errors.ts); anything else is a bug.
+ *   is thrown as `unavailable` (lib/errors.ts); storage the service may not
+ *   use until an operator fixes its set-up, as one of the storage_* errors
+ *   whose message says what to fix (lib/datastore-errors.ts); anything else
+ *   is a bug.
  */
 export interface Storage {
   /**

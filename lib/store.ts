@@ -27,7 +27,8 @@ import type { Evpid, Msgid } from './ids';
  *   rollback. Expired tombstones are deleted when the id is reserved again,
  *   and in bounded batches by instanceHeartbeat and messagePurge.
  * - Failures are QueueErrors (lib/errors.ts): not_found, conflict, too_large,
- *   bad_request, unavailable. Anything else is a bug.
+ *   bad_request, unavailable, and the storage_* errors of a set-up to fix.
+ *   Anything else is a bug.
  * - Bodies and envelopes are opaque bytes (smtpd may compress or encrypt).
  */
 export interface QueueStore {

@@ -1,48 +1,10 @@
-import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, statSync } from 'node:fs';
+import { mkdtempSync, readFileSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { FUNCTION_NAMES } from '../../lib/api';
 import { randomMsgid } from '../../lib/ids';
 import { freePort } from '../../dev/emulator';
-
-/** `npm start` as a user runs it: the built dist/bin/serve.js in a process of its own. */
-const SERVE = path.join(__dirname, '../../dist/bin/serve.js');
-
-interface Served {
-  child: ChildProcess;
-  lines: Record<string, unknown>[];
-  exited: Promise<number | null>;
-}
-
-function serve(env: Record<string, string | undefined>): Served {
-  if (!existsSync(SERVE)) throw new Error(`${SERVE} is missing: run npm run build first (npm test does)`);
-  const base = { ...process.env, LOG_LEVEL: 'info', QUEUE_TOKEN: undefined, QUEUE_TOKEN_FILE: undefined, QUEUE_AUTH: undefined };
-  const child = spawn(process.execPath, [SERVE], { env: { ...base, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
-  const lines: Record<string, unknown>[] = [];
-  let rest = '';
-  child.stdout!.on('data', (chunk: Buffer) => {
-    const text = rest + chunk.toString();
-    const parts = text.split('\n');
-    rest = parts.pop()!;
-    for (const line of parts) if (line.trim()) lines.push(JSON.parse(line));
-  });
-  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
-  return { child, lines, exited };
-}
-
-async function waitFor<T>(what: string, probe: () => T | undefined, ms = 30_000): Promise<T> {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    const value = probe();
-    if (value !== undefined) return value;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(50);
-  }
-}
-
-const message = (s: Served, re: RegExp) => s.lines.find((l) => re.test(String(l.message)));
+import { message, serve, waitFor, type Served } from '../support/served';
 
 describe('npm start (dist/bin/serve.js)', () => {
   const running: Served[] = [];
