@@ -61,7 +61,7 @@ function main(): number {
     return 0;
   }
   print(`# npm run deploy: ${what}`);
-  runPlan(steps, print);
+  runPlan(steps, ROOT, print);
   const host = options.target === 'appengine' ? appEngineHost(options.project) : undefined;
   print('');
   print(bridgeInstructions(options, host ? `https://${host}` : undefined));

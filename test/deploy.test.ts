@@ -266,6 +266,67 @@ describe('npm run deploy -- --setup --dry-run, for a new project', () => {
   });
 });
 
+describe('npm run deploy -- --setup, run (against a stand-in gcloud that logs what it is asked)', () => {
+  const FAKE_GCLOUD = [
+    '#!/bin/sh',
+    'printf "%s\\n" "$*" >> "$GCLOUD_LOG"',
+    'case "$*" in',
+    '  *"databases describe"*) [ -n "$DB_TYPE" ] && { echo "$DB_TYPE"; exit 0; }; exit 1 ;;',
+    '  *" describe "*) [ -n "$PRESENT" ] && exit 0; exit 1 ;;',
+    '  *"secrets create"*) cat > "$SECRET_OUT" ;;',
+    'esac',
+    'exit 0',
+    '',
+  ].join('\n');
+
+  function deployWith(scenario: Record<string, string>) {
+    const dir = mkdtempSync(path.join(tmpdir(), 'deploy-run-'));
+    try {
+      writeFileSync(path.join(dir, 'gcloud'), FAKE_GCLOUD, { mode: 0o755 });
+      const env = { PATH: `${dir}:${process.env.PATH}`, GCLOUD_LOG: path.join(dir, 'log'), SECRET_OUT: path.join(dir, 'secret'), ...scenario };
+      const result = run(process.execPath, ['dist/bin/deploy.js', '--setup', `--project=${PROJECT}`, '--only=messageCommit'], env);
+      const read = (file: string) => (existsSync(path.join(dir, file)) ? readFileSync(path.join(dir, file), 'utf8') : '');
+      return { ...result, asked: read('log').trim().split('\n'), secret: read('secret') };
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }
+
+  test('in a new project it creates each thing after its describe, feeds the secret on stdin, and ends with the bridge configuration', () => {
+    const { status, out, asked, secret } = deployWith({});
+    expect(status).toBe(0);
+    expect(secret).toMatch(/^[0-9a-f]{64}$/); // no newline
+    expect(asked.join('\n')).not.toContain(secret);
+    expect(out).not.toContain(secret);
+    expectInOrder(asked.join('\n'), [
+      'services enable',
+      'firestore databases describe',
+      'firestore databases create',
+      'secrets describe queue-admin-token',
+      'secrets create queue-admin-token --data-file=-',
+      'iam service-accounts describe queue-rest-run@',
+      'iam service-accounts create queue-rest-run',
+      'projects add-iam-policy-binding',
+      'functions deploy messageCommit',
+    ]);
+    expect(printedConfigs(out).get('mx1')).toBe(`url https://us-central1-${PROJECT}.cloudfunctions.net\nauth token\ntoken-file /etc/opensmtpd/queue-rest.token\ninstance mx1\n`);
+  });
+
+  test('run again on a project that has it all, it creates nothing and deploys', () => {
+    const { status, asked } = deployWith({ PRESENT: '1', DB_TYPE: 'DATASTORE_MODE' });
+    expect(status).toBe(0);
+    expect(asked.filter((a) => / create /.test(a))).toEqual([]);
+    expect(asked.at(-1)).toMatch(/^functions deploy messageCommit /);
+  });
+
+  test('a Firestore Native database stops it before anything is deployed, saying what to do', () => {
+    const { status, err, asked } = deployWith({ PRESENT: '1', DB_TYPE: 'FIRESTORE_NATIVE' });
+    expect(status).toBe(1);
+    expect(err).toMatch(/not in Datastore mode .* --database=NAME/);
+    expect(asked.some((a) => a.startsWith('functions deploy'))).toBe(false);
+  });
+});
+
 describe('the App Engine service', () => {
   test("app.yaml's QUEUE_ variables are what the default App Engine deploy sets up, and anything else is named", () => {
     const appYaml = readFileSync(path.join(ROOT, 'app.yaml'), 'utf8');

@@ -75,7 +75,7 @@ export class DeployOptionsError extends Error {
 const Email = z.email();
 const ProjectId = z.string().regex(/^[a-z][a-z0-9-]{4,28}[a-z0-9]$/, 'must be a project id (6-30 lowercase letters, digits, dashes)');
 
-export const RawOptions = z.object({
+const RawOptions = z.object({
   project: ProjectId,
   region: z.string().regex(/^[a-z]+-[a-z]+[0-9]$/, 'must be a region such as us-central1').default('us-central1'),
   target: z.enum(['functions', 'appengine']).default('functions'),
@@ -86,7 +86,7 @@ export const RawOptions = z.object({
   admin: z.array(Email).default([]),
   namespace: z.string().regex(/^[0-9A-Za-z._-]{0,100}$/, 'must be a Datastore namespace name').default('opensmtpd'),
   database: z.string().regex(/^[a-z][a-z0-9-]{2,62}$/, 'must be a database id (4-63 lowercase letters, digits, dashes)').optional(),
-  'database-location': z.string().optional(),
+  'database-location': z.string().regex(/^[a-z0-9-]+$/, 'must be a Firestore location such as us-central1 or nam5').optional(),
   only: z.string().optional(),
   setup: z.boolean().default(false),
 });
@@ -284,7 +284,7 @@ export function deployPlan(o: DeployOptions): Step[] {
     );
   }
   if (o.auth === 'iam') {
-    const invokers: [string, string][] = [...o.mx.map((m): [string, string] => [m.email!, `MX ${m.instance}`]), ...o.admins.map((a): [string, string] => [a, 'administrator']) ];
+    const invokers: [string, string][] = [...o.mx.map((m): [string, string] => [m.email!, `MX ${m.instance}`]), ...o.admins.map((a): [string, string] => [a, 'administrator'])];
     for (const [email, who] of invokers) {
       for (const name of o.functions) {
         steps.push(
@@ -304,7 +304,8 @@ export function deployPlan(o: DeployOptions): Step[] {
  * must be what these options deploy. Answers what to change, or undefined.
  */
 export function appYamlMismatch(appYaml: string, o: DeployOptions): string | undefined {
-  const expected: Record<string, string> = { ...serviceEnv(o), [`${secretVariable(o)}_SECRET`]: o.secret ?? '' };
+  const expected = serviceEnv(o);
+  if (o.secret) expected[`${secretVariable(o)}_SECRET`] = o.secret;
   const block = /^env_variables:\n((?:[ \t]+.*\n|[ \t]*#.*\n)*)/m.exec(appYaml)?.[1] ?? '';
   const actual: Record<string, string> = {};
   for (const [, key, value] of block.matchAll(/^[ \t]+(QUEUE_[A-Z_]+):[ \t]*(\S+)/gm)) actual[key] = value.replace(/^(['"])(.*)\1$/, '$2');
