@@ -179,6 +179,10 @@ describe('npm run deploy -- --setup --dry-run, for a new project', () => {
       ['--mx=mx1=a@b.iam.gserviceaccount.com'], // a service account without --iam
       ['--admin=ops@example.com'],
       ['--only=nope'],
+      ['--mx=mx1', '--mx=mx1'],
+      ['--iam', '--mx=mx1=a@b.iam.gserviceaccount.com', '--mx=mx2=a@b.iam.gserviceaccount.com'],
+      ['--iam', '--mx=mx1=a@b.iam.gserviceaccount.com', '--admin=a@b.iam.gserviceaccount.com'],
+      ['--admin-token-secret=a b'],
       ['--target=appengine', '--token-secret=t'], // app.yaml says tokens
     ]) {
       const result = run(process.execPath, ['dist/bin/deploy.js', '--dry-run', `--project=${PROJECT}`, ...args]);

@@ -73,6 +73,7 @@ export class DeployOptionsError extends Error {
 }
 
 const Email = z.email();
+const SecretId = z.string().regex(/^[A-Za-z0-9_-]{1,255}$/, 'must be a Secret Manager secret id');
 const ProjectId = z.string().regex(/^[a-z][a-z0-9-]{4,28}[a-z0-9]$/, 'must be a project id (6-30 lowercase letters, digits, dashes)');
 
 const RawOptions = z.object({
@@ -80,8 +81,8 @@ const RawOptions = z.object({
   region: z.string().regex(/^[a-z]+-[a-z]+[0-9]$/, 'must be a region such as us-central1').default('us-central1'),
   target: z.enum(['functions', 'appengine']).default('functions'),
   iam: z.boolean().default(false),
-  'token-secret': z.string().optional(),
-  'admin-token-secret': z.string().optional(),
+  'token-secret': SecretId.optional(),
+  'admin-token-secret': SecretId.optional(),
   mx: z.array(z.string()).default([]),
   admin: z.array(Email).default([]),
   namespace: z.string().regex(/^[0-9A-Za-z._-]{0,100}$/, 'must be a Datastore namespace name').default('opensmtpd'),
@@ -104,6 +105,11 @@ export function deployOptions(values: Record<string, unknown>): DeployOptions {
   if (auth === 'iam' && v.target === 'appengine') throw new DeployOptionsError('--iam needs Cloud Functions: App Engine has no invoker check in front of the app');
   const mx = v.mx.map((text) => mxIdentity(text, auth));
   if (auth === 'iam' && mx.length === 0) throw new DeployOptionsError('--iam needs each MX as --mx=INSTANCE=SERVICE_ACCOUNT_EMAIL (the whole list, at every deploy)');
+  // the service refuses to start on these (lib/config.ts): refuse them before deploying
+  for (const names of [mx.map((m) => m.instance), [...mx.flatMap((m) => m.email ?? []), ...v.admin]]) {
+    const twice = names.find((name, i) => names.indexOf(name) !== i);
+    if (twice) throw new DeployOptionsError(`${twice} is named twice (each MX and administrator is one instance and one account)`);
+  }
   const functions = v.only?.split(',').filter(Boolean) ?? [...FUNCTION_NAMES];
   for (const name of functions) if (!(FUNCTION_NAMES as readonly string[]).includes(name)) throw new DeployOptionsError(`no function named ${name}`);
   return {
