@@ -24,7 +24,8 @@ function run(command: string, args: string[], env: Record<string, string> = {}) 
 }
 
 const PROJECT = 'mail-queue-1';
-const GCLOUD_ENV = { CLOUDSDK_CONFIG: path.join(ROOT, 'node_modules/.cache/gcloud-empty') };
+// a gcloud configuration of its own, without an account, out of the checkout and node_modules
+const GCLOUD_ENV = { CLOUDSDK_CONFIG: path.join(tmpdir(), 'queue-rest-gcloud-empty') };
 const IAM = ['--iam', `--mx=mx1=mx1-bridge@${PROJECT}.iam.gserviceaccount.com`, '--mx=mx2=vm@other-project.iam.gserviceaccount.com', '--admin=ops@example.com'];
 
 /** The printed dry-run of `npm run deploy -- ARGS --dry-run`. */
