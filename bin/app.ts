@@ -1,7 +1,7 @@
 import '../functions';
 import { loadConfig } from '../lib/config';
 import { createLogger } from '../lib/log';
-import { accessSecret } from '../lib/secret';
+import { readSecretsFromManager } from '../lib/secret';
 import { createQueueServer, listen } from '../lib/server';
 
 /**
@@ -13,10 +13,7 @@ import { createQueueServer, listen } from '../lib/server';
 const log = createLogger({ name: 'app' });
 
 async function main(): Promise<void> {
-  for (const name of ['QUEUE_TOKEN', 'QUEUE_ADMIN_TOKEN']) {
-    const secret = process.env[`${name}_SECRET`];
-    if (secret && !process.env[name] && !process.env[`${name}_FILE`]) process.env[name] = await accessSecret(secret);
-  }
+  await readSecretsFromManager(process.env);
   const config = loadConfig();
   const port = await listen(createQueueServer(), Number(process.env.PORT ?? 8080), process.env.HOST ?? '0.0.0.0');
   log.info({ port, auth: config.auth.mode }, `queue functions listening on port ${port}`);
