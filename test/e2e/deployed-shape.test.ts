@@ -1,3 +1,4 @@
+import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { buildUploadSet, nativeAddonFiles, startDeployedShape, type DeployedShape } from '../../dev/deployed-shape';
 import { FUNCTION_NAMES } from '../../lib/api';
@@ -48,7 +49,12 @@ afterAll(async () => {
 });
 
 describe('the build of the upload set', () => {
-  test('installs no native addon, built or shipped', () => {
+  test('keeps the production packages only, and no native addon, built or shipped', () => {
+    const installed = (name: string) => existsSync(path.join(build.dir, 'node_modules', name, 'package.json'));
+    expect(['@google-cloud/functions-framework', '@google-cloud/datastore', 'typescript', 'jest', 'esbuild'].filter(installed)).toEqual([
+      '@google-cloud/functions-framework',
+      '@google-cloud/datastore',
+    ]);
     expect(nativeAddonFiles(path.join(build.dir, 'node_modules'))).toEqual([]);
   });
 
