@@ -7,7 +7,7 @@ import { ADDON, BUNDLE_DIR, BUNDLE_MAIN } from '../dev/bundle-bridge';
 /**
  * `npm run bridge:install -- [options]`: installs queue-rest where smtpd looks
  * for queue backends, /usr/libexec/opensmtpd/queue-NAME, as a root-owned copy
- * that does not depend on the checkout: the bundle built by `npm run build`
+ * that does not depend on the checkout: the bundle built by `npm run build:bridge`
  * (one file plus usocket's addon) goes to /usr/local/lib/opensmtpd/queue-NAME/,
  * and queue-NAME is a small script that runs it with this Node.js. smtpd runs
  * it as root, so the installer refuses unless every file root runs, and every
@@ -116,7 +116,7 @@ export function installBridge(options: { name: string; node?: string; from?: str
   if (nodeProblem) throw new InstallError(`refusing to make root run ${paths.node}: ${nodeProblem}. Use a Node.js that root owns (--node=PATH).`);
   const from = options.from ?? BUNDLE_DIR;
   for (const file of [BUNDLE_MAIN, ADDON]) {
-    if (!existsSync(path.join(from, file))) throw new InstallError(`${path.join(from, file)} is missing: run npm run build first`);
+    if (!existsSync(path.join(from, file))) throw new InstallError(`${path.join(from, file)} is missing: run npm run build:bridge first`);
   }
   for (const dir of [LIBEXEC, LIBDIR, paths.dir]) {
     mkdirSync(dir, { recursive: true, mode: 0o755 });
@@ -188,7 +188,7 @@ function main(): void {
   } else {
     out(`run smtpd with: smtpd -B queue=${values.name}:http://127.0.0.1:8080   (token in QUEUE_TOKEN_FILE)`);
   }
-  out('The checkout is no longer needed by smtpd. Upgrade: npm run build, then run this again.');
+  out('The checkout is no longer needed by smtpd. Upgrade: npm run build:bridge, then run this again.');
 }
 
 if (require.main === module) {

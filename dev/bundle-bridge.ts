@@ -7,7 +7,10 @@ import type { BuildOptions } from 'esbuild';
  * bridge and every package it uses in one file, plus usocket's native addon
  * beside it. This folder is what bridge:install copies, root-owned, out of
  * the checkout: smtpd runs the bridge as root, and it must neither read nor
- * run anything that the checkout's owner can change.
+ * run anything that the checkout's owner can change. usocket comes from the
+ * bridge's own package (bridge/package.json, `npm ci --prefix bridge`), so
+ * that the functions' package, which every deploy installs, builds no native
+ * code.
  */
 // this file runs compiled (dist/dev/) and, in tests, from its source (dev/)
 const root = existsSync(path.join(__dirname, '../package.json')) ? path.join(__dirname, '..') : path.join(__dirname, '../..');
@@ -15,12 +18,14 @@ const root = existsSync(path.join(__dirname, '../package.json')) ? path.join(__d
 export const BUNDLE_DIR = path.join(root, 'dist/queue-rest');
 export const BUNDLE_MAIN = 'queue-rest.js';
 export const ADDON = 'uwrap.node';
+/** Where the bridge's sources find usocket; compiled bridge files outside the bundle need it as NODE_PATH. */
+export const BRIDGE_MODULES = path.join(root, 'bridge/node_modules');
 
 export async function bundleBridge(): Promise<void> {
   rmSync(BUNDLE_DIR, { recursive: true, force: true });
   mkdirSync(BUNDLE_DIR, { recursive: true });
   await esbuild().build(bundleOptions());
-  copyFileSync(path.join(root, 'node_modules/usocket/build/Release', ADDON), path.join(BUNDLE_DIR, ADDON));
+  copyFileSync(path.join(BRIDGE_MODULES, 'usocket/build/Release', ADDON), path.join(BUNDLE_DIR, ADDON));
 }
 
 /** The files the bundle is made of, relative to the checkout (node_modules/… for packages); nothing is written. */

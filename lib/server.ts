@@ -31,17 +31,28 @@ export function createQueueServer(): http.Server {
     handlers.set(name, getTestServer(name).listeners('request')[0] as http.RequestListener);
   }
   return http.createServer(SERVER_LIMITS, (req, res) => {
-    const match = /^\/([A-Za-z]+)(\/[^?]*)?(\?.*)?$/.exec(req.url ?? '/');
-    const handler = match && handlers.get(match[1]);
-    if (!match || !handler) {
-      res.writeHead(404, { 'content-type': 'application/json' });
-      res.end(JSON.stringify({ error: { code: 'not_found', message: 'no such function', functions: FUNCTION_NAMES } }));
-      return;
-    }
-    req.url = (match[2] ?? '/') + (match[3] ?? '');
-    (req as GatedRequest).queueFunction = match[1];
+    const route = functionRoute(req.url);
+    const handler = route && handlers.get(route.name);
+    if (!route || !handler) return noSuchFunction(res);
+    req.url = route.url;
+    (req as GatedRequest).queueFunction = route.name;
     handler(req, res);
   });
+}
+
+/**
+ * The function a URL names and the URL the function sees, as
+ * REGION-PROJECT.cloudfunctions.net passes it: /NAME/rest?query is
+ * /rest?query to the function NAME.
+ */
+export function functionRoute(url = '/'): { name: string; url: string } | undefined {
+  const match = /^\/([A-Za-z]+)(\/[^?]*)?(\?.*)?$/.exec(url);
+  return match ? { name: match[1], url: (match[2] ?? '/') + (match[3] ?? '') } : undefined;
+}
+
+export function noSuchFunction(res: http.ServerResponse): void {
+  res.writeHead(404, { 'content-type': 'application/json' });
+  res.end(JSON.stringify({ error: { code: 'not_found', message: 'no such function', functions: FUNCTION_NAMES } }));
 }
 
 export async function listen(server: http.Server, port: number, host: string): Promise<number> {

@@ -1,6 +1,6 @@
 import { spawnSync } from 'node:child_process';
 import path from 'node:path';
-import { bundleInputs } from '../../dev/bundle-bridge';
+import { BRIDGE_MODULES, bundleInputs } from '../../dev/bundle-bridge';
 
 /**
  * The bridge runs on every mail host, as root at first, and is installed as
@@ -31,6 +31,11 @@ test('the bridge bundle is built from no file of the server side', async () => {
 test('the entry point does nothing when imported: it serves only when run as the program', () => {
   const main = path.join(__dirname, '../../dist/bridge/main.js');
   // were it to serve, it would read this empty fd 0, log to stderr that it has no config, and exit
-  const imported = spawnSync(process.execPath, ['-e', `require(${JSON.stringify(main)})`], { input: '', encoding: 'utf8', timeout: 10_000 });
+  const imported = spawnSync(process.execPath, ['-e', `require(${JSON.stringify(main)})`], {
+    input: '',
+    encoding: 'utf8',
+    timeout: 10_000,
+    env: { ...process.env, NODE_PATH: BRIDGE_MODULES },
+  });
   expect([imported.status, imported.stdout, imported.stderr]).toEqual([0, '', '']);
 });

@@ -1,5 +1,6 @@
 import { spawnSync } from 'node:child_process';
 import path from 'node:path';
+import { BRIDGE_MODULES } from '../../dev/bundle-bridge';
 
 const UNIX_SOCKET = path.join(__dirname, '../../dist/bridge/unix-socket.js');
 
@@ -32,7 +33,11 @@ describe('unix sockets with fd passing (usocket)', () => {
     ['closed', false],
     ['dropped unclosed', true],
   ])('survives the garbage collector freeing %s sockets and servers', (_label, dropUnclosed) => {
-    const run = spawnSync(process.execPath, ['--expose-gc', '-e', churn(dropUnclosed)], { encoding: 'utf8', timeout: 60_000 });
+    const run = spawnSync(process.execPath, ['--expose-gc', '-e', churn(dropUnclosed)], {
+      encoding: 'utf8',
+      timeout: 60_000,
+      env: { ...process.env, NODE_PATH: BRIDGE_MODULES },
+    });
     expect({ status: run.status, signal: run.signal, stderr: run.stderr }).toEqual({ status: 0, signal: null, stderr: '' });
     expect(run.stdout).toContain('survived');
   });

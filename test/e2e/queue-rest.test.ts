@@ -1,14 +1,8 @@
-import { chmodSync, mkdtempSync, readFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { installBridge, uninstallBridge } from '../../bin/install-bridge';
-import type { Envelope, QueueStore } from '../../lib/store';
-import { deliveredTo, deliverToOneAndToMany, expectSameBytes, relayedBody, testBody } from '../support/e2e';
-import { bodyOf, freePort, sendMail, SmtpError, startSink, stopAllSinks, waitFor } from '../../dev/mail';
-import { TEST_TOKEN, startService } from '../support/service';
-import { startSmtpd, stopAllSmtpd, type Smtpd } from '../../dev/smtpd/process';
-import { testUser } from '../../dev/smtpd/user';
+import { bodyOf, sendMail, SmtpError, startSink, waitFor } from '../../dev/mail';
+import { deliveredTo, expectSameBytes, installedBridgeSuite, relayedBody, testBody } from '../support/e2e';
+import { bridgeLog, queueContents, queueEmpty, restDeliveryTests, restSmtpd, type RestQueue } from '../support/rest-delivery';
+import { startService } from '../support/service';
 import { uniqueNamespace } from '../support/stores';
 
 /**
@@ -18,174 +12,31 @@ import { uniqueNamespace } from '../support/stores';
  */
 jest.setTimeout(180_000);
 
-const BACKEND = 'resttest';
-const INSTANCE = 'mx-e2e';
-
 type Service = Awaited<ReturnType<typeof startService>>;
 let service: Service;
 let namespace: string;
-let logDir: string;
+
+const suite = installedBridgeSuite('resttest', 'queue-e2e');
+const queue: RestQueue = { backend: 'resttest', url: () => service.baseUrl, store: () => service.store, logDir: suite.logDir };
 
 beforeAll(async () => {
-  testUser();
-  installBridge({ name: BACKEND });
   namespace = uniqueNamespace('e2e');
   service = await startService({ namespace });
-  logDir = mkdtempSync(path.join(tmpdir(), 'queue-e2e-'));
-  chmodSync(logDir, 0o755);
-});
-
-afterEach(async () => {
-  await stopAllSinks();
-  await stopAllSmtpd();
 });
 
 afterAll(async () => {
-  uninstallBridge(BACKEND);
   await service?.stop();
 });
 
-const store = (): QueueStore => service.store;
-
-function restSmtpd(options: { relayPort: number; compression?: boolean; encryption?: string }): Promise<Smtpd> {
-  return startSmtpd({
-    ...options,
-    queue: `${BACKEND}:${service.baseUrl}`,
-    env: {
-      QUEUE_TOKEN: TEST_TOKEN,
-      QUEUE_REST_INSTANCE: INSTANCE,
-      QUEUE_REST_LOG: path.join(logDir, 'bridge.log'),
-      QUEUE_REST_STATE: path.join(logDir, 'state'),
-      QUEUE_REST_STATS_FILE: path.join(logDir, 'stats.json'),
-      QUEUE_REST_RETRY_BUDGET: '3000',
-      QUEUE_REST_TIMEOUT: '2000',
-      METADATA_SERVER_DETECTION: 'none',
-    },
-    trace: true,
-    keepSpool: true,
-  });
-}
-
-/** smtpd answers SMTP before its queue is ready; the walk's end says it is. */
-async function ready(smtpd: Smtpd): Promise<Smtpd> {
-  await smtpd.waitForOutput(/queue_envelope_walk\(\) -> -1/, 30_000);
-  return smtpd;
-}
-
-async function queueContents(): Promise<Envelope[]> {
-  const all: Envelope[] = [];
-  let cursor: string | undefined;
-  do {
-    const page = await store().envelopeWalk({ owner: INSTANCE, cursor });
-    all.push(...page.items);
-    cursor = page.cursor ?? undefined;
-  } while (cursor);
-  return all;
-}
-
-async function queueEmpty(smtpd: Smtpd): Promise<void> {
-  await waitFor('the REST queue to be empty', async () => ((await queueContents()).length === 0 ? true : undefined), 30_000, () => smtpd.output());
-}
-
-function bridgeLog(): string {
-  return readFileSync(path.join(logDir, 'bridge.log'), 'utf8');
-}
-
-test('mail to 1 and to 25 local recipients is delivered byte-identical through the REST queue, which is empty after', async () => {
-  const smtpd = await ready(await restSmtpd({ relayPort: await freePort() }));
-  await deliverToOneAndToMany(smtpd);
-  await queueEmpty(smtpd);
-  expect(smtpd.output()).toMatch(/queue_message_commit\([0-9a-f]{8}\) -> 1/);
-  expect(await smtpd.stop()).toBe(0);
-  const stats = JSON.parse(readFileSync(path.join(logDir, 'stats.json'), 'utf8'));
-  expect(stats.acceptedMessages).toBe(2);
-  expect(stats.http.messageCommit.count).toBe(2);
-  expect(stats.http.envelopeCreate).toBeUndefined();
-});
-
-test('every size from 3 MB to 5 MB, across the inline limit of 4 MiB, is delivered byte-identical', async () => {
-  const smtpd = await ready(await restSmtpd({ relayPort: await freePort() }));
-  const sizes = [3_000_000, 3_250_000, 3_500_000, 3_750_000, 4 * 1024 * 1024 - 1, 4 * 1024 * 1024 + 1, 4_250_000, 4_500_000, 4_750_000, 5_000_000];
-  for (const [i, size] of sizes.entries()) {
-    const body = testBody(size, `size ${size}`);
-    const sent = await sendMail({ port: smtpd.port, from: 'sender@example.test', to: [`size${i}@example.test`], body });
-    expect(sent.accepted).toEqual([`size${i}@example.test`]);
-    const [message] = await deliveredTo(smtpd, `size${i}`);
-    expectSameBytes(bodyOf(message), body, `a body of ${size} bytes`);
-  }
-  await queueEmpty(smtpd);
-});
-
-test('a 30 MiB message goes through', async () => {
-  const smtpd = await ready(await restSmtpd({ relayPort: await freePort() }));
-  const body = testBody(30 * 1024 * 1024, 'big');
-  await sendMail({ port: smtpd.port, from: 'sender@example.test', to: ['big@example.test'], body });
-  const [message] = await deliveredTo(smtpd, 'big');
-  expectSameBytes(bodyOf(message), body, 'big');
-  await queueEmpty(smtpd);
-});
-
-test('mail for a relay that is down stays queued and updated, is found by the walk after a restart, and is delivered exactly once', async () => {
-  const relayPort = await freePort();
-  const body = testBody(5_000, 'relay');
-  const first = await ready(await restSmtpd({ relayPort }));
-  await sendMail({ port: first.port, from: 'sender@example.test', to: ['later@relay.test'], body });
-  await first.waitForOutput(/to=<later@relay\.test>.*result="TempFail"/, 30_000);
-  await first.waitForOutput(/queue_envelope_update\([0-9a-f]{16}\) -> 1/, 10_000);
-  const [queued] = await queueContents();
-  expect(queued.data.toString()).toMatch(/^errorline: .*Network error on destination MXs/m);
-  expect(queued.data.toString()).toMatch(/^retry: 1$/m);
-  expect(await first.stop()).toBe(0);
-
-  const second = await ready(await restSmtpd({ relayPort }));
-  expect(second.output()).toContain(`queue_envelope_walk() -> ${queued.data.length} (${queued.evpid})`);
-  const sink = await startSink({ port: relayPort });
-  await second.smtpctl('schedule', 'all');
-  await waitFor('the message at the sink', () => (sink.messages.length ? true : undefined), 30_000, () => second.output());
-  await queueEmpty(second);
-  await second.smtpctl('schedule', 'all');
-  await sleep(1_000);
-  expect(sink.messages).toHaveLength(1);
-  expectSameBytes(relayedBody(sink.messages[0].data), body, 'relayed');
-});
-
-describe.each([
-  ['queue compression', { compression: true }, (b: Buffer) => b.subarray(0, 2).equals(Buffer.from([0x1f, 0x8b]))],
-  ['queue encryption', { encryption: '0123456789abcdef0123456789abcdef' }, (b: Buffer) => b[0] === 0x01],
-])('with %s', (_name, queueOptions, looksTransformed) => {
-  test('the service stores only opaque bytes and the mail goes through', async () => {
-    const sink = await startSink();
-    const smtpd = await ready(await restSmtpd({ relayPort: sink.port, ...queueOptions }));
-    await smtpd.smtpctl('pause', 'mta');
-    const body = testBody(100_000, 'opaque');
-    await sendMail({ port: smtpd.port, from: 'sender@example.test', to: ['local@example.test', 'held@relay.test'], body });
-    const [local] = await deliveredTo(smtpd, 'local');
-    expectSameBytes(bodyOf(local), body, 'local');
-
-    const [held] = await waitFor('the held envelope in the service', async () => {
-      const contents = await queueContents();
-      return contents.length === 1 ? contents : undefined;
-    });
-    expect(looksTransformed(held.data)).toBe(true);
-    expect(held.data.includes(Buffer.from('held@relay.test'))).toBe(false);
-    const stored = await store().messageRead(held.evpid.slice(0, 8));
-    expect(looksTransformed(stored.data)).toBe(true);
-    expect(stored.data.includes(Buffer.from('opaque line'))).toBe(false);
-
-    await smtpd.smtpctl('resume', 'mta');
-    const [relayed] = await waitFor('the message at the sink', () => (sink.messages.length ? sink.messages : undefined), 30_000, () => smtpd.output());
-    expectSameBytes(relayedBody(relayed.data), body, 'relayed');
-    await queueEmpty(smtpd);
-  });
-});
+restDeliveryTests(queue);
 
 test('while the service is down a client gets a temporary failure, smtpd stays up, and nothing accepted is lost', async () => {
   const sink = await startSink();
-  const smtpd = await ready(await restSmtpd({ relayPort: sink.port }));
+  const smtpd = await restSmtpd(queue, { relayPort: sink.port });
   await smtpd.smtpctl('pause', 'mta');
   const before = testBody(3_000, 'before');
   await sendMail({ port: smtpd.port, from: 'sender@example.test', to: ['kept@relay.test'], body: before });
-  await waitFor('the accepted message in the service', async () => ((await queueContents()).length === 1 ? true : undefined));
+  await waitFor('the accepted message in the service', async () => ((await queueContents(queue)).length === 1 ? true : undefined));
 
   const port = service.port;
   await service.stop();
@@ -204,19 +55,6 @@ test('while the service is down a client gets a temporary failure, smtpd stays u
   await smtpd.smtpctl('resume', 'mta');
   await waitFor('the message accepted before the outage at the sink', () => (sink.messages.length ? true : undefined), 30_000, () => smtpd.output());
   expectSameBytes(relayedBody(sink.messages[0].data), before, 'accepted before the outage');
-  await queueEmpty(smtpd);
-  expect(bridgeLog()).toMatch(/MESSAGE_COMMIT failed/);
-});
-
-test('a bounce is created on the committed message and delivered to the sender', async () => {
-  const sink = await startSink({ rejectRecipient: (rcpt) => rcpt.startsWith('nobody@') });
-  const smtpd = await ready(await restSmtpd({ relayPort: sink.port }));
-  await sendMail({ port: smtpd.port, from: 'sender@example.test', to: ['nobody@relay.test', 'somebody@relay.test'], subject: 'will bounce', body: 'hello\n' });
-  const [bounce] = await deliveredTo(smtpd, 'sender');
-  expect(bounce.toString()).toMatch(/^nobody@relay\.test: 550 no such user here/m);
-  const msgid = /queue_message_commit\(([0-9a-f]{8})\) -> 1/.exec(smtpd.output())![1];
-  const afterCommit = smtpd.output().slice(smtpd.output().indexOf(`queue_message_commit(${msgid})`));
-  expect(afterCommit).toMatch(new RegExp(`queue_envelope_create\\(${msgid}[0-9a-f]{8}, \\d+\\) -> 1`));
-  expect(sink.messages.map((m) => m.to)).toEqual([['somebody@relay.test']]);
-  await queueEmpty(smtpd);
+  await queueEmpty(queue, smtpd);
+  expect(bridgeLog(queue)).toMatch(/MESSAGE_COMMIT failed/);
 });
