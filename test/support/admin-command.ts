@@ -2,9 +2,10 @@ import { execFile } from 'node:child_process';
 import { chmodSync, existsSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
+import { BUNDLE_DIR, BUNDLE_MAIN } from '../../dev/bundle-bridge';
 
-/** The built bridge (npm run build), whose first argument may be an admin command (bridge/admin.ts). */
-const MAIN = path.join(__dirname, '../../dist/bridge/main.js');
+/** The bridge's bundle (npm run build:bridge), as installed; its first argument may be an admin command (bridge/admin.ts). */
+const MAIN = path.join(BUNDLE_DIR, BUNDLE_MAIN);
 
 export interface AdminRun {
   code: number;
@@ -18,7 +19,7 @@ export interface AdminRun {
  * credentials of this machine's user).
  */
 export function runAdmin(args: string[], env: Record<string, string> = {}): Promise<AdminRun> {
-  if (!existsSync(MAIN)) throw new Error(`${MAIN} is missing: run npm run build first (npm test does)`);
+  if (!existsSync(MAIN)) throw new Error(`${MAIN} is missing: run npm run build:bridge first (npm test does)`);
   const home = mkdtempSync(path.join(tmpdir(), 'queue-admin-home-'));
   const base = { PATH: process.env.PATH ?? '', HOME: home, CLOUDSDK_CONFIG: home, METADATA_SERVER_DETECTION: 'none' };
   return new Promise((resolve) => {
