@@ -8,9 +8,9 @@ import { startSmtpd, stopAllSmtpd, type Smtpd } from '../../dev/smtpd/process';
 import { smtpdPids } from '../../dev/smtpd/proc';
 import type { Queue } from '../../lib/queue';
 import { DEFAULT_LIMITS } from '../../lib/store';
-import { installedBridgeSuite } from '../support/e2e';
+import { bridgeEnv, installedBridgeSuite } from '../support/e2e';
 import { startFaultFront, type FrontFault } from '../support/fault-front';
-import { TEST_TOKEN, startService } from '../support/service';
+import { startService } from '../support/service';
 import { datastoreQueue, uniqueNamespace } from '../support/stores';
 
 /**
@@ -132,16 +132,7 @@ function restSmtpd(name: string, url: string, relayPort: number, extra: Record<s
     relayPort,
     keepSpool: true,
     trace: true,
-    env: {
-      QUEUE_TOKEN: TEST_TOKEN,
-      QUEUE_REST_INSTANCE: name,
-      QUEUE_REST_LOG: path.join(suite.logDir(), `${name}.log`),
-      QUEUE_REST_STATE: path.join(suite.logDir(), 'state'),
-      QUEUE_REST_TIMEOUT: String(TIMEOUT_MS),
-      QUEUE_REST_RETRY_BUDGET: String(BUDGET_MS),
-      METADATA_SERVER_DETECTION: 'none',
-      ...extra,
-    },
+    env: { ...bridgeEnv({ instance: name, logDir: suite.logDir(), log: `${name}.log`, timeoutMs: TIMEOUT_MS, retryBudgetMs: BUDGET_MS }), ...extra },
   });
 }
 

@@ -3,9 +3,9 @@ import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { freePort, openSmtpClient, startSink, waitFor, type Sink } from '../../dev/mail';
 import { startSmtpd, type Smtpd } from '../../dev/smtpd/process';
-import { installedBridgeSuite } from '../support/e2e';
+import { bridgeEnv, installedBridgeSuite } from '../support/e2e';
 import { startFaultFront } from '../support/fault-front';
-import { TEST_TOKEN, startService } from '../support/service';
+import { startService } from '../support/service';
 import { uniqueNamespace } from '../support/stores';
 
 /**
@@ -86,16 +86,7 @@ test('after a minute of outage with 1,200 deliveries due, every envelope is deli
   const front = await startFaultFront(service.port);
   try {
     const relayPort = await freePort();
-    const env = {
-      QUEUE_TOKEN: TEST_TOKEN,
-      QUEUE_REST_INSTANCE: 'mx-outage',
-      QUEUE_REST_LOG: path.join(suite.logDir(), 'bridge.log'),
-      QUEUE_REST_STATE: path.join(suite.logDir(), 'state'),
-      QUEUE_REST_STATS_FILE: path.join(suite.logDir(), 'stats.json'),
-      QUEUE_REST_TIMEOUT: '2000',
-      QUEUE_REST_RETRY_BUDGET: '5000',
-      METADATA_SERVER_DETECTION: 'none',
-    };
+    const env = bridgeEnv({ instance: 'mx-outage', logDir: suite.logDir(), stats: 'stats.json', timeoutMs: 2_000, retryBudgetMs: 5_000 });
     const start = async () => {
       const smtpd = await startSmtpd({ queue: `${BACKEND}:${front.url}`, relayPort, env, trace: true, keepSpool: true });
       await smtpd.waitForOutput(/queue_envelope_walk\(\) -> -1/, 120_000);

@@ -5,6 +5,7 @@ import { installBridge, uninstallBridge } from '../../bin/install-bridge';
 import { bodyOf, readMaildir, sendMail, stopAllSinks, waitFor } from '../../dev/mail';
 import { stopAllSmtpd, type Smtpd } from '../../dev/smtpd/process';
 import { testUser } from '../../dev/smtpd/user';
+import { TEST_TOKEN } from './service';
 
 /** What the end-to-end tests with real smtpd share. */
 
@@ -102,4 +103,22 @@ export function installedBridgeSuite(name: string, logPrefix: string): { logDir(
     uninstallBridge(name);
   });
   return { logDir: () => logDir };
+}
+
+/**
+ * What smtpd passes the installed bridge in these suites: the test token,
+ * the instance, its log (and counters, if named) and journal in `logDir`,
+ * and its deadlines.
+ */
+export function bridgeEnv(o: { instance: string; logDir: string; log?: string; stats?: string; timeoutMs: number; retryBudgetMs: number }): Record<string, string> {
+  return {
+    QUEUE_TOKEN: TEST_TOKEN,
+    QUEUE_REST_INSTANCE: o.instance,
+    QUEUE_REST_LOG: path.join(o.logDir, o.log ?? 'bridge.log'),
+    QUEUE_REST_STATE: path.join(o.logDir, 'state'),
+    ...(o.stats && { QUEUE_REST_STATS_FILE: path.join(o.logDir, o.stats) }),
+    QUEUE_REST_TIMEOUT: String(o.timeoutMs),
+    QUEUE_REST_RETRY_BUDGET: String(o.retryBudgetMs),
+    METADATA_SERVER_DETECTION: 'none',
+  };
 }

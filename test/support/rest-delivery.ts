@@ -4,8 +4,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { bodyOf, freePort, sendMail, startSink, waitFor } from '../../dev/mail';
 import { startSmtpd, type Smtpd } from '../../dev/smtpd/process';
 import type { Envelope, QueueStore } from '../../lib/store';
-import { deliveredTo, deliverToOneAndToMany, expectSameBytes, relayedBody, testBody } from './e2e';
-import { TEST_TOKEN } from './service';
+import { bridgeEnv, deliveredTo, deliverToOneAndToMany, expectSameBytes, relayedBody, testBody } from './e2e';
 
 /**
  * Real smtpd with the installed bridge on a REST queue, wherever the queue
@@ -30,16 +29,7 @@ export async function restSmtpd(queue: RestQueue, options: { relayPort: number; 
   const smtpd = await startSmtpd({
     ...options,
     queue: `${queue.backend}:${queue.url()}`,
-    env: {
-      QUEUE_TOKEN: TEST_TOKEN,
-      QUEUE_REST_INSTANCE: INSTANCE,
-      QUEUE_REST_LOG: path.join(queue.logDir(), 'bridge.log'),
-      QUEUE_REST_STATE: path.join(queue.logDir(), 'state'),
-      QUEUE_REST_STATS_FILE: path.join(queue.logDir(), 'stats.json'),
-      QUEUE_REST_RETRY_BUDGET: '3000',
-      QUEUE_REST_TIMEOUT: '2000',
-      METADATA_SERVER_DETECTION: 'none',
-    },
+    env: bridgeEnv({ instance: INSTANCE, logDir: queue.logDir(), stats: 'stats.json', timeoutMs: 2_000, retryBudgetMs: 3_000 }),
     trace: true,
     keepSpool: true,
   });
