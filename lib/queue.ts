@@ -374,17 +374,23 @@ export class Queue implements QueueStore {
   }
 
   async queueCounts(): Promise<QueueCount[]> {
-    const counts = new Map<string, QueueCount>();
-    const add = (owner: string, state: QueueCount['state']) => {
-      const count = counts.get(`${owner}\0${state}`) ?? { owner, state, messages: 0 };
-      count.messages++;
-      counts.set(`${owner}\0${state}`, count);
-    };
-    const inState = (state: 'queued' | 'corrupt') => this.storage.query({ kind: 'Message', equal: { state } });
-    const [queued, corrupt, incoming] = await Promise.all([inState('queued'), inState('corrupt'), this.storage.query({ kind: 'Incoming' })]);
-    for (const { data } of [...queued, ...corrupt]) add(String(data.owner), data.state === 'corrupt' ? 'corrupt' : 'queued');
-    for (const { data } of incoming) add(data.owner, 'incoming');
-    return [...counts.values()].sort((a, b) => a.owner.localeCompare(b.owner) || a.state.localeCompare(b.state));
+    const [committedOwners, incomingOwners] = await Promise.all([this.storage.fieldValues('Message', 'owner'), this.storage.fieldValues('Incoming', 'owner')]);
+    const wanted: Omit<QueueCount, 'messages'>[] = [
+      ...committedOwners.flatMap((owner) => [
+        { owner, state: 'corrupt' as const },
+        { owner, state: 'queued' as const },
+      ]),
+      ...incomingOwners.map((owner) => ({ owner, state: 'incoming' as const })),
+    ];
+    const counts = await Promise.all(
+      wanted.map(({ owner, state }) =>
+        state === 'incoming' ? this.storage.count({ kind: 'Incoming', equal: { owner } }) : this.storage.count({ kind: 'Message', equal: { owner, state } }),
+      ),
+    );
+    return wanted
+      .map((count, i) => ({ ...count, messages: counts[i] }))
+      .filter((count) => count.messages > 0)
+      .sort((a, b) => a.owner.localeCompare(b.owner) || a.state.localeCompare(b.state));
   }
 
   close(): Promise<void> {

@@ -64,6 +64,29 @@ export class DatastoreStorage implements Storage {
     return (await this.run(this.toQuery(query).select('__key__'))).map((row) => toKey(row[Datastore.KEY]) as Key<K>);
   }
 
+  async count<K extends Kind>(query: Query<K>): Promise<number> {
+    const aggregation = this.ds.createAggregationQuery(this.toQuery({ ...query, limit: undefined })).count('count');
+    try {
+      const [[result]] = await this.ds.runAggregationQuery(aggregation, { gaxOptions: this.gax });
+      return Number((result as { count: unknown }).count);
+    } catch (err) {
+      throw storageError(err, this.database);
+    }
+  }
+
+  /** One query per value: the least value above the last one, read from the field's index (a projection). */
+  async fieldValues(kind: Kind, field: string): Promise<string[]> {
+    const values: string[] = [];
+    for (;;) {
+      const last = values.at(-1);
+      const filter = new PropertyFilter(field, last === undefined ? '>=' : '>', last ?? '');
+      const [row] = await this.run(this.ds.createQuery(kind).select(field).filter(filter).order(field).limit(1));
+      const value: unknown = row?.[field];
+      if (typeof value !== 'string') return values;
+      values.push(value);
+    }
+  }
+
   async write(mutations: Mutations): Promise<void> {
     const projectId = await this.ds.getProjectId();
     this.raw ??= new DatastoreClient({ ...this.ds.options });

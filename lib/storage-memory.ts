@@ -32,6 +32,19 @@ export class MemoryStorage implements Storage {
     return (await this.query(query)).map((row) => row.key);
   }
 
+  async count<K extends Kind>(query: Query<K>): Promise<number> {
+    return [...this.rows.values()].filter((row) => isMatch(row, query)).length;
+  }
+
+  async fieldValues(kind: Kind, field: string): Promise<string[]> {
+    const values = new Set<string>();
+    for (const row of this.rows.values()) {
+      const value = (row.data as unknown as Record<string, Value>)[field];
+      if (row.key.kind === kind && typeof value === 'string') values.add(value);
+    }
+    return [...values].sort(compare);
+  }
+
   write(mutations: Mutations): Promise<void> {
     return this.inTurn(async () => {
       for (const row of mutations.insert ?? []) if (this.rows.has(keyPath(row.key))) throw new KeyExists(row.key);

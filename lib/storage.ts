@@ -37,6 +37,20 @@ export interface Storage {
   queryKeys<K extends Kind>(query: Query<K>): Promise<Key<K>[]>;
 
   /**
+   * How many records match `query`, counted where they are stored (its
+   * `limit` is ignored): the queue's status runs it on every call, so it
+   * must not read the records, nor cost a round trip per record.
+   */
+  count<K extends Kind>(query: Query<K>): Promise<number>;
+
+  /**
+   * The string values that `field` (of INDEXED_FIELDS) takes among the
+   * records of `kind`, each once, in order; records without one are left
+   * out. It must cost a round trip per value at most, not per record.
+   */
+  fieldValues(kind: Kind, field: string): Promise<string[]>;
+
+  /**
    * One atomic write with no read before it: every mutation happens or none
    * does. If any `insert` finds its key taken, nothing is written and it
    * throws KeyExists. The queue's commit of a small message is this one

@@ -1,58 +1,14 @@
 import { randomEvpid, randomMsgid } from '../../lib/ids';
 import { Queue } from '../../lib/queue';
 import { sha256hex } from '../../lib/rules';
-import type { Key, Kind, Mutations, Query, Storage, Transaction } from '../../lib/storage';
 import { MemoryStorage } from '../../lib/storage-memory';
-
-/**
- * What each queue operation asks of its storage driver. On Datastore a get,
- * a query and a write are one RPC each, and a transaction two more than its
- * lookups: these are the accept path's round trips, which smtpd waits on.
- */
-class CountingStorage implements Storage {
-  calls: string[] = [];
-  private readonly inner = new MemoryStorage();
-  readonly maxWriteBytes = 3_500_000;
-
-  get(keys: Key[]) {
-    this.calls.push('get');
-    return this.inner.get(keys);
-  }
-  query<K extends Kind>(query: Query<K>) {
-    this.calls.push(`query ${query.kind}`);
-    return this.inner.query(query);
-  }
-  queryKeys<K extends Kind>(query: Query<K>) {
-    this.calls.push(`queryKeys ${query.kind}`);
-    return this.inner.queryKeys(query);
-  }
-  write(mutations: Mutations) {
-    this.calls.push('write');
-    return this.inner.write(mutations);
-  }
-  transaction<T>(work: (tx: Transaction) => Promise<T>) {
-    this.calls.push('transaction');
-    return this.inner.transaction((tx) =>
-      work({
-        get: (keys) => {
-          this.calls.push('tx.get');
-          return tx.get(keys);
-        },
-        put: (row) => tx.put(row),
-        delete: (keys) => tx.delete(keys),
-      }),
-    );
-  }
-  close() {
-    return this.inner.close();
-  }
-}
+import { CountingStorage } from '../../dev/counting-storage';
 
 const body = Buffer.alloc(4096, 0x61);
 const envelopeData = Buffer.from('version: 3\nrcpt: a@example.test\n');
 
 async function setUp() {
-  const storage = new CountingStorage();
+  const storage = new CountingStorage(new MemoryStorage(), 3_500_000);
   const queue = new Queue(storage);
   const msgid = randomMsgid();
   const evpids = [randomEvpid(msgid), randomEvpid(msgid)];
@@ -89,6 +45,13 @@ test("a walk page queries the queued messages once and each message's envelopes 
   await queue.messageCommit(commit);
   const calls = await callsOf(storage, () => queue.envelopeWalk({ limit: 100 }));
   expect(calls).toEqual(['query Message', 'query Envelope']);
+});
+
+test('the queue status counts each owner and state where it is stored, without reading the messages', async () => {
+  const { storage, queue, commit } = await setUp();
+  await queue.messageCommit(commit);
+  const calls = await callsOf(storage, () => queue.queueCounts());
+  expect(calls.filter((call) => !call.startsWith('count ') && !call.startsWith('fieldValues '))).toEqual([]);
 });
 
 test('a heartbeat is one lookup, one write and one query for expired tombstones', async () => {
