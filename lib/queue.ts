@@ -24,8 +24,11 @@ import {
   isFencing,
   isTombstone,
   messageRow,
+  NO_ENVELOPES,
   tallyOf,
   tallyRow,
+  tallyWith,
+  tallyWithout,
   toInfo,
   toInstance,
 } from './records';
@@ -59,10 +62,8 @@ export interface QueueOptions {
   onSweepError?: (err: unknown) => void;
 }
 
-/** Messages asked for per query of a walk, and how many of their envelope queries run at once. */
-const WALK_MESSAGES = 50;
-const WALK_PARALLEL = 8;
-const WALK_ENVELOPES_PER_QUERY = 200;
+/** Most envelopes one round of a walk page looks up (Datastore looks up 1,000 keys at most per call). */
+const WALK_ROUND_MAX = 500;
 /** Messages claimed per transaction: few, so that claimants racing for the same orphans rarely wait on each other. */
 const CLAIM_BATCH = 10;
 /** Most expired tombstones one sweep deletes, and how many per transaction (the legacy Datastore emulator allows 25 entity groups). */
@@ -222,7 +223,7 @@ export class Queue implements QueueStore {
         throw envelopeClash(envelope.evpid);
       }
       tx.put(envelopeRow(envelope.evpid, envelope.data, new Date()));
-      tx.put(tallyRow(msgid, tallyOf(found, msgid) + 1));
+      tx.put(tallyRow(msgid, tallyWith(tallyOf(found, msgid), [envelope.evpid])));
       return { created: true };
     });
   }
@@ -233,14 +234,14 @@ export class Queue implements QueueStore {
       const found = await envelopeContext(tx, evpid, check).catch(ignoreNotFound);
       if (!found || !found.has(key.envelope(evpid))) return { deleted: false, messageDeleted: false };
       const committed = committedRecord(found.get(key.message(msgid)));
-      const left = tallyOf(found, msgid) - 1;
-      if (committed && left <= 0) {
+      const left = tallyWithout(tallyOf(found, msgid), evpid);
+      if (committed && left.count === 0) {
         const chunks = range(0, Number(committed.chunks)).map((i) => key.chunk(msgid, i));
         tx.delete([...chunks, key.envelope(evpid), key.tally(msgid), key.message(msgid)]);
         return { deleted: true, messageDeleted: true };
       }
       tx.delete([key.envelope(evpid)]);
-      tx.put(tallyRow(msgid, Math.max(left, 0)));
+      tx.put(tallyRow(msgid, left));
       return { deleted: true, messageDeleted: false };
     });
   }
@@ -267,37 +268,45 @@ export class Queue implements QueueStore {
     const pos = page.cursor ? await this.cursors.decode(page.cursor, scope) : { t0: await newSnapshotTime() };
     const fill = new PageFill(page);
     let after: { m?: string; e?: string } = pos;
-    const cursorAt = (m: string, e: string) => this.cursors.encode(scope, { t0: pos.t0, m, e });
     for (;;) {
+      // one envelope more than the page takes tells whether the walk ends with it
+      const wanted = Math.min(fill.limit - fill.items.length + 1, WALK_ROUND_MAX);
+      // and the message the last page stopped in may come first
+      const limit = wanted + 1;
       const batch = await this.storage.query({
         kind: 'Message',
         equal: { state: 'queued', ...(page.owner !== undefined && { owner: page.owner }) },
-        from: after.m,
-        limit: WALK_MESSAGES,
+        ...(after.e === undefined ? { after: after.m } : { from: after.m }),
+        limit,
       });
-      const messages = batch.filter((row) => !(row.key.id === after.m && after.e === undefined));
-      for (let w = 0; w < messages.length; w += WALK_PARALLEL) {
-        const fetched = await Promise.all(
-          messages.slice(w, w + WALK_PARALLEL).map(async ({ key: { id: msgid }, data }) => {
-            const { committedAt, claimedAt } = data as CommittedRecord;
-            if (committedAt.getTime() > pos.t0 || (claimedAt?.getTime() ?? 0) > pos.t0) return { msgid, rows: [], more: false };
-            const from = msgid === after.m ? after.e : undefined;
-            return { msgid, ...(await this.envelopesOf(msgid, from, Math.min(fill.limit - fill.items.length + 1, WALK_ENVELOPES_PER_QUERY))) };
-          }),
-        );
-        for (const { msgid, rows, more } of fetched) {
-          for (const row of rows) {
-            if (fill.isFull(row)) {
-              const last = fill.items.at(-1)!;
-              return { items: fill.items, cursor: await cursorAt(msgidOf(last.evpid), last.evpid) };
-            }
-            if (row.createdAt.getTime() <= pos.t0) fill.add(row);
-          }
-          if (more) return { items: fill.items, cursor: await cursorAt(msgid, rows.at(-1)!.evpid) };
-          after = { m: msgid };
+      const inSnapshot = batch.filter(({ data }) => {
+        const { committedAt, claimedAt } = data as CommittedRecord;
+        return committedAt.getTime() <= pos.t0 && (claimedAt?.getTime() ?? 0) <= pos.t0;
+      });
+      const listed = await this.envelopeLists(inSnapshot.map((row) => row.key.id));
+      const evpids = [...listed.values()]
+        .flat()
+        .filter((evpid) => after.e === undefined || msgidOf(evpid) !== after.m || evpid > after.e)
+        .slice(0, wanted);
+      const found = await this.storage.get(evpids.map(key.envelope));
+      for (const evpid of evpids) {
+        // gone since its tally was read: deleted, so not handed out
+        const stored = found.get(key.envelope(evpid));
+        if (!stored) continue;
+        const next = { evpid, data: stored.data };
+        if (fill.isFull(next)) {
+          const last = fill.items.at(-1)!;
+          return { items: fill.items, cursor: await this.cursors.encode(scope, { t0: pos.t0, m: msgidOf(last.evpid), e: last.evpid }) };
         }
+        if (stored.createdAt.getTime() <= pos.t0) fill.add(next);
       }
-      if (batch.length < WALK_MESSAGES) return { items: fill.items, cursor: null };
+      if (evpids.length === wanted) {
+        after = { m: msgidOf(evpids.at(-1)!), e: evpids.at(-1) };
+      } else if (batch.length === limit) {
+        after = { m: batch.at(-1)!.key.id };
+      } else {
+        return { items: fill.items, cursor: null };
+      }
     }
   }
 
@@ -362,8 +371,7 @@ export class Queue implements QueueStore {
       const msgids = shuffle(orphans.slice(0, wanted).map((k) => k.id));
       for (let i = 0; i < msgids.length; i += CLAIM_BATCH) {
         const claimed = await this.claim(msgids.slice(i, i + CLAIM_BATCH), owner, claimant);
-        const evpids = await Promise.all(claimed.map((msgid) => this.evpidsOf(msgid)));
-        claimed.forEach((msgid, j) => result.claimed.push({ msgid, from: owner, evpids: evpids[j] }));
+        for (const [msgid, evpids] of await this.envelopeLists(claimed)) result.claimed.push({ msgid, from: owner, evpids });
       }
       if (orphans.length > wanted) {
         result.more = true;
@@ -402,7 +410,7 @@ export class Queue implements QueueStore {
     const now = new Date();
     await this.storage.write({
       // the tally exists already if envelopes were created on the incoming message: then the insert fails
-      insert: [messageRow(commit, now), tallyRow(commit.msgid, envelopes.length), ...envelopes],
+      insert: [messageRow(commit, now), tallyRow(commit.msgid, tallyWith(NO_ENVELOPES, envelopes.map((e) => e.key.id))), ...envelopes],
       put: chunkRows(commit.msgid, commit.body!),
       delete: [key.incoming(commit.msgid)],
     });
@@ -433,17 +441,17 @@ export class Queue implements QueueStore {
       // over an expired tombstone too, which this transaction has read
       tx.put(messageRow(commit, new Date(), current.createdAt));
       tx.delete([key.incoming(msgid)]);
-      let count = tallyOf(seen, msgid);
+      const added: Evpid[] = [];
       for (const e of envelopes) {
         const existing = seen.get(e.key);
         if (!existing) {
           tx.put(e);
-          count++;
+          added.push(e.key.id);
         } else if (!existing.data.equals(e.data.data)) {
           throw envelopeClash(e.key.id);
         }
       }
-      tx.put(tallyRow(msgid, count));
+      tx.put(tallyRow(msgid, tallyWith(tallyOf(seen, msgid), added)));
       return { created: true };
     });
   }
@@ -463,14 +471,14 @@ export class Queue implements QueueStore {
         const incoming = found.get(key.incoming(msgid));
         if (!incoming) throw notFound('msgid', msgid);
         checkOwner({ msgid, owner: incoming.owner }, { owner });
-        let added = 0;
+        const added: Evpid[] = [];
         for (const row of batch) {
           const existing = found.get(row.key);
           if (existing && !existing.data.equals(row.data.data)) throw envelopeClash(row.key.id);
-          if (!existing && row.key.kind === 'Envelope') added++;
+          if (!existing && row.key.kind === 'Envelope') added.push(row.key.id);
           tx.put(row);
         }
-        if (added > 0) tx.put(tallyRow(msgid, tallyOf(found, msgid) + added));
+        if (added.length > 0) tx.put(tallyRow(msgid, tallyWith(tallyOf(found, msgid), added)));
         tx.put({ key: key.incoming(msgid), data: { ...incoming, bodyVersion: Number(incoming.bodyVersion) + 1 } });
       });
     }
@@ -561,8 +569,17 @@ export class Queue implements QueueStore {
     return { rows: rows.map((row) => ({ evpid: row.key.id, data: row.data.data, createdAt: row.data.createdAt })), more: rows.length === limit };
   }
 
-  private async evpidsOf(msgid: Msgid): Promise<Evpid[]> {
-    return (await this.storage.queryKeys({ kind: 'Envelope', msgid })).map((k) => k.id).sort();
+  /**
+   * The evpids of each message, in order: one lookup of their tallies, and
+   * a query for each tally written before they were listed in it.
+   */
+  private async envelopeLists(msgids: Msgid[]): Promise<Map<Msgid, Evpid[]>> {
+    if (msgids.length === 0) return new Map();
+    const found = await this.storage.get(msgids.map(key.tally));
+    const lists = await Promise.all(
+      msgids.map(async (msgid) => tallyOf(found, msgid).evpids ?? (await this.storage.queryKeys({ kind: 'Envelope', msgid })).map((k) => k.id).sort()),
+    );
+    return new Map(msgids.map((msgid, i) => [msgid, lists[i]]));
   }
 
   /**

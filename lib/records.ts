@@ -18,12 +18,37 @@ export function chunkRows(msgid: Msgid, body: Buffer, first = 0): Row<'Chunk'>[]
   return toChunks(body, first).map((c) => ({ key: key.chunk(msgid, c.index), data: { data: c.data } }));
 }
 
-export function tallyRow(msgid: Msgid, count: number): Row<'Tally'> {
-  return { key: key.tally(msgid), data: { count } };
+/**
+ * A message's envelopes as its Tally records them. `evpids` is null in a
+ * tally written before they were listed, which only counts them; it stays
+ * so, and whoever needs the evpids queries them.
+ */
+export interface EnvelopeTally {
+  count: number;
+  evpids: Evpid[] | null;
 }
 
-export function tallyOf(found: Found, msgid: Msgid): number {
-  return Number(found.get(key.tally(msgid))?.count ?? 0);
+export function tallyRow(msgid: Msgid, tally: EnvelopeTally): Row<'Tally'> {
+  return { key: key.tally(msgid), data: { count: tally.count, ...(tally.evpids && { evpids: tally.evpids.join(' ') }) } };
+}
+
+export const NO_ENVELOPES: EnvelopeTally = { count: 0, evpids: [] };
+
+/** The tally found for a message; a message without one has no envelopes. */
+export function tallyOf(found: Found, msgid: Msgid): EnvelopeTally {
+  const row = found.get(key.tally(msgid));
+  if (!row) return NO_ENVELOPES;
+  const listed = typeof row.evpids === 'string' ? row.evpids : null;
+  return { count: Number(row.count), evpids: listed === null ? null : listed.split(' ').filter(Boolean) };
+}
+
+/** The tally with `added` envelopes, which it does not have yet. */
+export function tallyWith(tally: EnvelopeTally, added: Evpid[]): EnvelopeTally {
+  return { count: tally.count + added.length, evpids: tally.evpids && [...tally.evpids, ...added].sort() };
+}
+
+export function tallyWithout(tally: EnvelopeTally, evpid: Evpid): EnvelopeTally {
+  return { count: Math.max(tally.count - 1, 0), evpids: tally.evpids && tally.evpids.filter((e) => e !== evpid) };
 }
 
 export function toInfo(msgid: Msgid, row: CommittedRecord): MessageInfo {

@@ -139,8 +139,12 @@ export interface Records {
   Chunk: { data: Buffer };
   /** `version` of the last versioned update; absent before any. */
   Envelope: { data: Buffer; createdAt: Date; version?: number };
-  /** How many envelopes a message has. */
-  Tally: { count: number };
+  /**
+   * How many envelopes a message has and which: `evpids` lists them,
+   * space-separated in order. It is absent from tallies written before it
+   * was kept, which only count.
+   */
+  Tally: { count: number; evpids?: string };
   /** An MX of the pool; walkDone is 0 or 1. */
   Instance: { leaseUntil: Date; heartbeatAt: Date; startedAt: Date; walkDone: number };
   /** How many messages have been claimed for an instance, ever (apart from Instance, which heartbeats overwrite). */
