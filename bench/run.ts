@@ -1,5 +1,6 @@
 import { parseArgs } from 'node:util';
 import { writeResults } from './report';
+import { benchScale } from './scale';
 import { benchService } from './service';
 import { benchSmtpd } from './smtpd';
 
@@ -14,6 +15,7 @@ const { values } = parseArgs({
     messages: { type: 'string', default: '200' },
     'big-messages': { type: 'string', default: '20' },
     clients: { type: 'string', default: '4' },
+    scale: { type: 'string', default: '1000,10000' },
   },
 });
 
@@ -28,6 +30,11 @@ async function main(): Promise<void> {
     const smtpd = await benchSmtpd({ messages: Number(values.messages), bigMessages: Number(values['big-messages']), clients: Number(values.clients) });
     process.stdout.write(smtpd.table);
     results.smtpd = smtpd.results;
+  }
+  if (!values.only || values.only === 'scale') {
+    const scale = await benchScale(values.scale.split(',').map(Number));
+    process.stdout.write(scale.table);
+    results.scale = scale.results;
   }
   process.stdout.write(`\nresults: ${writeResults('bench', results)}\n`);
 }
