@@ -15,6 +15,8 @@ export const ALREADY_EXISTS = 6;
 const PERMISSION_DENIED = 7;
 const FAILED_PRECONDITION = 9;
 export const ABORTED = 10;
+/** The server has no such method: the legacy Datastore emulator has no aggregation queries. */
+export const UNIMPLEMENTED = 12;
 /** gRPC codes that mean storage is unreachable, overloaded or contended: worth retrying later. */
 const UNAVAILABLE_CODES = new Set([1, 4, 8, ABORTED, 14]);
 

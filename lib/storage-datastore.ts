@@ -1,7 +1,7 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Datastore, DatastoreClient, PropertyFilter, and, type Key as DatastoreKey, type Query as DatastoreQuery, type Transaction as DatastoreTransaction } from '@google-cloud/datastore';
 import { singleUseCommit, type Entity, type Props } from './datastore-commit';
-import { ABORTED, ALREADY_EXISTS, grpcCode, storageError } from './datastore-errors';
+import { ABORTED, ALREADY_EXISTS, UNIMPLEMENTED, grpcCode, storageError } from './datastore-errors';
 import { QueueError } from './errors';
 import { Found, INDEXED_FIELDS, KeyExists, type Key, type Kind, type Mutations, type Query, type Row, type Storage, type Transaction } from './storage';
 
@@ -38,6 +38,8 @@ export class DatastoreStorage implements Storage {
   /** The database's name in messages: its id, or '(default)'. */
   private readonly database: string;
   private raw?: DatastoreClient;
+  /** Whether the server answers aggregation queries; the legacy Datastore emulator does not. */
+  private aggregates = true;
 
   constructor(options: DatastoreOptions = {}) {
     // the API names the default database '' and refuses '(default)', the name gcloud and the console show
@@ -65,13 +67,18 @@ export class DatastoreStorage implements Storage {
   }
 
   async count<K extends Kind>(query: Query<K>): Promise<number> {
-    const aggregation = this.ds.createAggregationQuery(this.toQuery({ ...query, limit: undefined })).count('count');
-    try {
-      const [[result]] = await this.ds.runAggregationQuery(aggregation, { gaxOptions: this.gax });
-      return Number((result as { count: unknown }).count);
-    } catch (err) {
-      throw storageError(err, this.database);
+    const all = { ...query, limit: undefined };
+    if (this.aggregates) {
+      try {
+        const [[result]] = await this.ds.runAggregationQuery(this.ds.createAggregationQuery(this.toQuery(all)).count('count'), { gaxOptions: this.gax });
+        return Number((result as { count: unknown }).count);
+      } catch (err) {
+        if (grpcCode(err) !== UNIMPLEMENTED) throw storageError(err, this.database);
+        this.aggregates = false;
+      }
     }
+    // only where the server cannot count (Datastore and Firestore can; the legacy emulator cannot): the keys, read back
+    return (await this.queryKeys(all)).length;
   }
 
   /** One query per value: the least value above the last one, read from the field's index (a projection). */
