@@ -58,7 +58,8 @@ export async function benchScale(sizes: number[]): Promise<{ table: string; resu
       const statusSeconds = (performance.now() - statusStarted) / 1000;
       const queued = counts.find((c) => c.owner === OWNER && c.state === 'queued')?.messages;
       if (queued !== size) throw new Error(`queueStatus counted ${queued} queued messages of ${size}`);
-      steps.push({ envelopes: size, commitsPerSecond, ...walk, statusSeconds, statusCalls: storage.calls });
+      steps.push({ envelopes: size, commitsPerSecond, ...walk, statusSeconds, statusCalls: [...storage.calls] });
+      process.stderr.write(`scale: ${size} envelopes: walk ${walk.walkSeconds.toFixed(2)} s in ${walk.pages} pages, status ${statusSeconds.toFixed(3)} s\n`);
     }
   } finally {
     await queue.close();
