@@ -54,7 +54,14 @@ export async function admin(argv: string[]): Promise<number> {
   const config = loadBridgeConfig(arg);
   const token = config.adminToken ?? config.token;
   const idToken = await idTokensFor(config);
-  const store = new HttpQueueStore({ baseUrl: config.url, token, idToken, timeoutMs: config.timeoutMs, budgetMs: config.retryBudgetMs });
+  const store = new HttpQueueStore({
+    baseUrl: config.url,
+    token,
+    idToken,
+    timeoutMs: config.timeoutMs,
+    budgetMs: config.retryBudgetMs,
+    limits: config.limits,
+  });
   const print: Print = (json, text) => process.stdout.write(values.json ? JSON.stringify(json, null, 2) + '\n' : text());
   try {
     if (command === 'status') {

@@ -4,6 +4,7 @@ import { hostname, tmpdir } from 'node:os';
 import { z } from 'zod';
 import { readSecret } from '../lib/config';
 import { Owner } from '../lib/ids';
+import { DEFAULT_LIMITS, type Limits } from '../lib/store';
 import { defaultLogTarget } from './logging';
 
 /**
@@ -44,6 +45,8 @@ export interface BridgeConfig {
   asyncDelete: boolean;
   /** This instance's lease on its messages, in ms (docs/pool.md). */
   leaseMs: number;
+  /** The service's limits; the largest body (its QUEUE_MAX_MESSAGE_BYTES) caps what the bridge reads of a body. */
+  limits: Limits;
 }
 
 const KEYS = [
@@ -68,6 +71,7 @@ const KEYS = [
   'state',
   'async-delete',
   'lease',
+  'max-message-size',
 ] as const;
 
 export const DEFAULT_STATE_DIR = '/var/lib/opensmtpd-queue-rest';
@@ -96,6 +100,7 @@ const Settings = z.object({
   state: z.string().default(DEFAULT_STATE_DIR),
   'async-delete': z.enum(['yes', 'no']).default('yes'),
   lease: z.coerce.number().int().min(1000).default(60_000),
+  'max-message-size': z.coerce.number().int().min(1).default(DEFAULT_LIMITS.maxMessageBytes),
 });
 
 export class BridgeConfigError extends Error {
@@ -159,6 +164,7 @@ export function loadBridgeConfig(arg: string | undefined, env: NodeJS.ProcessEnv
     stateDir: s.state,
     asyncDelete: s['async-delete'] === 'yes',
     leaseMs: s.lease,
+    limits: { ...DEFAULT_LIMITS, maxMessageBytes: s['max-message-size'] },
   };
 }
 

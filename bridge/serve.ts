@@ -54,6 +54,7 @@ export async function serve(arg: string | undefined): Promise<void> {
       timeoutMs: config.timeoutMs,
       budgetMs: config.retryBudgetMs,
       inlineMax: config.inlineMax,
+      limits: config.limits,
       failFast: true,
       observe: (fn, ms, status) => counters.http.record(fn, ms, typeof status === 'number' && status < 500),
     });

@@ -5,6 +5,7 @@ import { waitFor } from '../../dev/mail';
 import { admin } from '../../bridge/admin';
 import { loadBridgeConfig } from '../../bridge/config';
 import { PROC } from '../../bridge/protocol';
+import { DEFAULT_LIMITS } from '../../lib/store';
 import { SmtpdPeer, r, u32, u64 } from '../support/smtpd-peer';
 import { startSyslog } from '../support/syslog';
 
@@ -86,4 +87,10 @@ test('a bridge given plain http to another machine answers smtpd with failures a
   } finally {
     await syslog.stop();
   }
+});
+
+test("max-message-size follows a service whose QUEUE_MAX_MESSAGE_BYTES was raised: the bridge then reads bodies that large", () => {
+  expect(loadBridgeConfig('http://127.0.0.1:1', {}).limits).toEqual(DEFAULT_LIMITS);
+  expect(loadBridgeConfig('http://127.0.0.1:1', { QUEUE_REST_MAX_MESSAGE_SIZE: String(100 * 1024 * 1024) }).limits).toEqual({ ...DEFAULT_LIMITS, maxMessageBytes: 100 * 1024 * 1024 });
+  expect(() => loadBridgeConfig('http://127.0.0.1:1', { QUEUE_REST_MAX_MESSAGE_SIZE: '0' })).toThrow(/max-message-size/);
 });

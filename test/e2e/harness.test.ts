@@ -1,7 +1,7 @@
 import { readdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { deliveredTo, deliverToOneAndToMany, expectSameBytes, queued, relayedBody, testBody } from '../support/e2e';
+import { deliveredTo, deliverToOneAndToMany, expectSameBytes, QUEUE_TRANSFORMS, queued, relayedBody, testBody } from '../support/e2e';
 import { bodyOf, freePort, sendMail, SmtpError, startSink, stopAllSinks, waitFor } from '../../dev/mail';
 import { startSmtpd, stopAllSmtpd } from '../../dev/smtpd/process';
 import { testUser } from '../../dev/smtpd/user';
@@ -106,10 +106,7 @@ test('a recipient the relay refuses with 550 bounces to the local sender', async
   expect(sink.messages.map((m) => m.to)).toEqual([['somebody@relay.test']]);
 });
 
-describe.each([
-  ['queue compression', { compression: true }, (file: Buffer) => file.subarray(0, 2).equals(Buffer.from([0x1f, 0x8b]))],
-  ['queue encryption', { encryption: '0123456789abcdef0123456789abcdef' }, (file: Buffer) => file[0] === 0x01],
-])('with %s', (_name, queueOptions, looksTransformed) => {
+describe.each(QUEUE_TRANSFORMS)('with %s', (_name, queueOptions, looksTransformed) => {
   test('mail is spooled transformed and still delivered locally and relayed intact', async () => {
     const sink = await startSink();
     const smtpd = await startSmtpd({ relayPort: sink.port, ...queueOptions });

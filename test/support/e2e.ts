@@ -122,3 +122,13 @@ export function bridgeEnv(o: { instance: string; logDir: string; log?: string; s
     METADATA_SERVER_DETECTION: 'none',
   };
 }
+
+/**
+ * smtpd's queue transforms, as `startSmtpd` options, each with how its
+ * output looks on disk or in the service: gzip's magic, or the version byte
+ * of smtpd's encrypted format.
+ */
+export const QUEUE_TRANSFORMS: [string, { compression?: boolean; encryption?: string }, (stored: Buffer) => boolean][] = [
+  ['queue compression', { compression: true }, (stored) => stored.subarray(0, 2).equals(Buffer.from([0x1f, 0x8b]))],
+  ['queue encryption', { encryption: '0123456789abcdef0123456789abcdef' }, (stored) => stored[0] === 0x01],
+];

@@ -4,7 +4,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { bodyOf, freePort, sendMail, startSink, waitFor } from '../../dev/mail';
 import { startSmtpd, type Smtpd } from '../../dev/smtpd/process';
 import type { Envelope, QueueStore } from '../../lib/store';
-import { bridgeEnv, deliveredTo, deliverToOneAndToMany, expectSameBytes, relayedBody, testBody } from './e2e';
+import { bridgeEnv, deliveredTo, QUEUE_TRANSFORMS, deliverToOneAndToMany, expectSameBytes, relayedBody, testBody } from './e2e';
 
 /**
  * Real smtpd with the installed bridge on a REST queue, wherever the queue
@@ -116,10 +116,7 @@ export function restDeliveryTests(queue: RestQueue): void {
     expectSameBytes(relayedBody(sink.messages[0].data), body, 'relayed');
   });
 
-  describe.each([
-    ['queue compression', { compression: true }, (b: Buffer) => b.subarray(0, 2).equals(Buffer.from([0x1f, 0x8b]))],
-    ['queue encryption', { encryption: '0123456789abcdef0123456789abcdef' }, (b: Buffer) => b[0] === 0x01],
-  ])('with %s', (_name, queueOptions, looksTransformed) => {
+  describe.each(QUEUE_TRANSFORMS)('with %s', (_name, queueOptions, looksTransformed) => {
     test('the service stores only opaque bytes and the mail goes through', async () => {
       const sink = await startSink();
       const smtpd = await restSmtpd(queue, { relayPort: sink.port, ...queueOptions });
