@@ -1,24 +1,34 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { Datastore } from '@google-cloud/datastore';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { installBridge, uninstallBridge } from '../bin/install-bridge';
 import type { Summary } from '../bridge/stats';
 import { percentile } from '../bridge/stats';
+import type { StorageOps } from '../dev/counting-storage';
 import { freePort, startEmulator } from '../dev/emulator';
 import { openSmtpClient, startSink, waitFor, type Sink } from '../dev/mail';
-import { startSmtpd } from '../dev/smtpd/process';
+import { cpuMillis } from '../dev/smtpd/proc';
+import { startSmtpd, type Smtpd } from '../dev/smtpd/process';
 import { testUser } from '../dev/smtpd/user';
+import { CHUNK_BYTES } from '../lib/store';
 import { progress, table } from './report';
 
 /**
  * Real smtpd with queue=rest (the bridge, the functions in their own process,
  * the Firestore emulator, all on this machine) against real smtpd with its own
- * queue=fs, same config and load, in one run. Messages are relayed to a local
- * sink. The MTA is paused while messages are sent, so acceptance and delivery
- * are measured apart.
+ * queue=fs, same config and load, in one run; and queue=rest with the
+ * functions on QUEUE_STORE=memory, which is the cost of the bridge, HTTP and
+ * the functions without storage. Before each scenario, the raw rate at which
+ * the same emulator takes what the scenario stores per message (its body in
+ * chunks and its envelopes, one insert, one at a time), which bounds what
+ * queue=rest can accept. Messages are relayed to a local sink. The MTA is
+ * paused while messages are sent, so acceptance and delivery are measured
+ * apart, each with the CPU time of every process and the storage operations
+ * of the functions.
  */
 const ROOT = path.join(__dirname, '../..');
 const BACKEND = 'restbench';
@@ -40,9 +50,25 @@ interface Scenario {
   messages: number;
 }
 
+type QueueKind = 'fs' | 'rest' | 'rest-memory';
+const QUEUES: QueueKind[] = ['fs', 'rest', 'rest-memory'];
+const PROCESSES = ['smtpd', 'bridge', 'functions', 'emulator'] as const;
+type ProcessName = (typeof PROCESSES)[number];
+type CpuMs = Partial<Record<ProcessName, number>>;
+
+/** Per message, while accepting and while delivering. */
+interface PhaseCost {
+  cpuMs: CpuMs;
+  storage?: StorageOps;
+}
+
 interface Run {
   scenario: string;
-  queue: 'fs' | 'rest';
+  queue: QueueKind;
+  /** The emulator's raw inserts per second of what one message stores, measured just before the scenario. */
+  rawPerSecond: number;
+  accepting: PhaseCost;
+  delivering: PhaseCost;
   messages: number;
   acceptedPerSecond: number;
   deliveredPerSecond: number;
@@ -63,7 +89,11 @@ export async function benchSmtpd(o: SmtpdBenchOptions): Promise<{ table: string;
   testUser();
   installBridge({ name: BACKEND });
   const emulator = await startEmulator({ kind: 'firestore' });
-  const service = await startFunctions(emulator.host);
+  const logDir0 = mkdtempSync(path.join(tmpdir(), 'queue-bench-counts-'));
+  const services = {
+    rest: await startFunctions({ DATASTORE_EMULATOR_HOST: emulator.host }, path.join(logDir0, 'datastore.json')),
+    'rest-memory': await startFunctions({ QUEUE_STORE: 'memory' }, path.join(logDir0, 'memory.json')),
+  };
   const sink = await startSink();
   const logDir = mkdtempSync(path.join(tmpdir(), 'queue-bench-'));
   chmodSync(logDir, 0o755);
@@ -77,14 +107,18 @@ export async function benchSmtpd(o: SmtpdBenchOptions): Promise<{ table: string;
   const runs: Run[] = [];
   try {
     for (const scenario of scenarios) {
-      for (const queue of ['fs', 'rest'] as const) {
-        runs.push(await runScenario(scenario, queue, body(scenario.bytes), { service: service.url, sink, logDir, clients: o.clients }));
+      const rawPerSecond = await rawInsertRate(emulator.host, scenario, body(scenario.bytes));
+      for (const queue of QUEUES) {
+        const service = queue === 'fs' ? undefined : services[queue];
+        const pids = { functions: service?.child.pid, emulator: queue === 'rest' ? emulator.pid : undefined };
+        runs.push({ ...(await runScenario(scenario, queue, body(scenario.bytes), { service, pids, sink, logDir, clients: o.clients })), rawPerSecond });
       }
     }
   } finally {
     await sink.stop();
-    service.child.kill('SIGTERM');
+    for (const service of Object.values(services)) service.child.kill('SIGTERM');
     await emulator.stop();
+    rmSync(logDir0, { recursive: true, force: true });
     uninstallBridge(BACKEND);
     rmSync(logDir, { recursive: true, force: true });
   }
@@ -93,19 +127,20 @@ export async function benchSmtpd(o: SmtpdBenchOptions): Promise<{ table: string;
 
 async function runScenario(
   scenario: Scenario,
-  queue: 'fs' | 'rest',
+  queue: QueueKind,
   body: Buffer,
-  env: { service: string; sink: Sink; logDir: string; clients: number },
-): Promise<Run> {
+  env: { service?: Functions; pids: { functions?: number; emulator?: number }; sink: Sink; logDir: string; clients: number },
+): Promise<Omit<Run, 'rawPerSecond'>> {
   const statsFile = path.join(env.logDir, `${queue}-${scenario.recipients}-${scenario.bytes}.json`);
   const logFile = path.join(env.logDir, `${queue}-${scenario.recipients}-${scenario.bytes}.log`);
   const smtpd = await startSmtpd({
     relayPort: env.sink.port,
-    queue: queue === 'rest' ? `${BACKEND}:${env.service}` : undefined,
+    queue: env.service ? `${BACKEND}:${env.service.url}` : undefined,
     env: { QUEUE_TOKEN: TOKEN, QUEUE_REST_INSTANCE: `bench-${randomBytes(3).toString('hex')}`, QUEUE_REST_LOG: logFile, QUEUE_REST_STATS_FILE: statsFile, METADATA_SERVER_DETECTION: 'none' },
   });
   try {
-    if (queue === 'rest') await waitFor('the start-up walk', () => (existsSync(logFile) && readFileSync(logFile, 'utf8').includes('walk done') ? true : undefined), 30_000);
+    const bridgeLog = () => (existsSync(logFile) ? readFileSync(logFile, 'utf8') : '');
+    if (env.service) await waitFor('the start-up walk', () => (bridgeLog().includes('walk done') ? true : undefined), 30_000, () => `the bridge logged: ${bridgeLog().slice(-2000) || 'nothing'}`);
     await smtpd.smtpctl('pause', 'mta');
     env.sink.messages.length = 0;
     const recipients = Array.from({ length: scenario.recipients }, (_, i) => `r${i}@relay.test`);
@@ -114,11 +149,13 @@ async function runScenario(
     const latencies: number[] = [];
     let failures = 0;
     let acceptSeconds: number;
+    let accepting: Costs;
     try {
       // one untimed message per connection: smtpd here sometimes takes 5 s to greet (its resolver waits for an unreachable DNS server)
       await Promise.all(clients.map((client) => client.send({ ...mail, body: 'warm-up\n' })));
       let next = 0;
       const bar = progress(scenario.messages, `${queue} ${scenario.name}`);
+      const before = await costs(smtpd, env.pids, env.service);
       const started = performance.now();
       await Promise.all(
         clients.map(async (client) => {
@@ -136,22 +173,30 @@ async function runScenario(
         }),
       );
       acceptSeconds = (performance.now() - started) / 1000;
+      accepting = since(before, await costs(smtpd, env.pids, env.service));
       bar.stop();
     } finally {
       for (const client of clients) client.close();
     }
     const expected = (latencies.length + clients.length) * scenario.recipients;
+    const beforeDelivery = await costs(smtpd, env.pids, env.service);
     const deliveryStarted = performance.now();
     await smtpd.smtpctl('resume', 'mta');
     const delivered = () => env.sink.messages.reduce((n, m) => n + m.to.length, 0);
     await waitFor(`${expected} deliveries at the sink`, () => (delivered() >= expected ? true : undefined), 600_000, () => `${delivered()} so far`);
     const deliverSeconds = (performance.now() - deliveryStarted) / 1000;
-    if (queue === 'rest') await sleep(500); // the last envelope deletes
+    if (env.service) await sleep(500); // the last envelope deletes
+    const delivering = since(beforeDelivery, await costs(smtpd, env.pids, env.service));
     await smtpd.stop();
+    // deletes the bridge wrote behind land before it exits
+    if (env.service) delivering.storage = since(beforeDelivery, { cpuMs: {}, storage: await env.service.counts() }).storage;
     latencies.sort((a, b) => a - b);
-    const run: Run = {
+    const deliveredMessages = latencies.length + clients.length;
+    const run: Omit<Run, 'rawPerSecond'> = {
       scenario: scenario.name,
       queue,
+      accepting: perMessage(accepting, latencies.length),
+      delivering: perMessage(delivering, deliveredMessages),
       messages: latencies.length,
       acceptedPerSecond: round(latencies.length / acceptSeconds),
       deliveredPerSecond: round(latencies.length / deliverSeconds),
@@ -159,7 +204,7 @@ async function runScenario(
       smtpP99Ms: round(percentile(latencies, 0.99)),
       failures,
     };
-    if (queue === 'rest') {
+    if (env.service) {
       const stats = JSON.parse(readFileSync(statsFile, 'utf8'));
       run.bridge = { acceptRequestsPerMessage: stats.acceptRequestsPerMessage, httpRequests: stats.httpRequests, http: stats.http, smtpd: stats.smtpd };
     }
@@ -169,46 +214,169 @@ async function runScenario(
   }
 }
 
-/** The functions as `npm start` serves them, in a process of their own, on the given emulator. */
-async function startFunctions(emulatorHost: string): Promise<{ url: string; child: ChildProcess }> {
+interface Functions {
+  url: string;
+  child: ChildProcess;
+  /** The storage operations of the functions so far. */
+  counts(): Promise<StorageOps>;
+}
+
+/** The functions as `npm start` serves them, in a process of their own, counting their storage operations (bench/functions.ts). */
+async function startFunctions(env: Record<string, string>, countsFile: string): Promise<Functions> {
   const port = await freePort();
-  const child = spawn(process.execPath, [path.join(ROOT, 'dist/bin/serve.js')], {
-    env: { ...process.env, DATASTORE_EMULATOR_HOST: emulatorHost, PORT: String(port), QUEUE_TOKEN: TOKEN, QUEUE_NAMESPACE: `bench-${randomBytes(3).toString('hex')}`, LOG_LEVEL: 'warn' },
-    stdio: ['ignore', 'ignore', 'inherit'],
+  const child = spawn(process.execPath, [path.join(ROOT, 'dist/bench/functions.js')], {
+    env: { ...process.env, ...env, PORT: String(port), QUEUE_TOKEN: TOKEN, QUEUE_NAMESPACE: `bench-${randomBytes(3).toString('hex')}`, LOG_LEVEL: 'warn', BENCH_COUNTS_FILE: countsFile },
+    // its log lines (warnings and errors only) on stderr, with the progress bars
+    stdio: ['ignore', process.stderr, 'inherit'],
   });
   const url = `http://127.0.0.1:${port}`;
   await waitFor('the functions', () => fetch(`${url}/envelopeWalk`).then(() => true, () => undefined), 30_000);
-  return { url, child };
+  let asked = 0;
+  const counts = async () => {
+    const signal = ++asked;
+    child.kill('SIGUSR2');
+    return waitFor('the storage counts', () => {
+      const written = existsSync(countsFile) ? (JSON.parse(readFileSync(countsFile, 'utf8') || '{}') as { signal?: number; ops?: StorageOps }) : {};
+      return written.signal === signal ? written.ops : undefined;
+    }, 10_000);
+  };
+  return { url, child, counts };
+}
+
+interface Costs {
+  cpuMs: CpuMs;
+  storage?: StorageOps;
+}
+
+/** CPU time of every process so far, by role, and the functions' storage operations. */
+async function costs(smtpd: Smtpd, pids: { functions?: number; emulator?: number }, service?: Functions): Promise<Costs> {
+  const cpuMs: CpuMs = { smtpd: 0 };
+  // smtpd's processes, and the bridge it runs (node, and the discover helper's shell) in its process group
+  for (const p of cpuMillis({ pgrp: [smtpd.pid] })) {
+    const role = p.comm === 'smtpd' ? 'smtpd' : 'bridge';
+    cpuMs[role] = (cpuMs[role] ?? 0) + p.ms;
+  }
+  for (const role of ['functions', 'emulator'] as const) {
+    const pid = pids[role];
+    if (pid) cpuMs[role] = cpuMillis({ pid: [pid] }).reduce((sum, p) => sum + p.ms, 0);
+  }
+  return { cpuMs, storage: await service?.counts() };
+}
+
+function since(before: Costs, after: Costs): Costs {
+  const cpuMs: CpuMs = {};
+  for (const role of PROCESSES) if (after.cpuMs[role] !== undefined) cpuMs[role] = after.cpuMs[role]! - (before.cpuMs[role] ?? 0);
+  if (!before.storage || !after.storage) return { cpuMs };
+  const storage = { ...after.storage };
+  for (const op of Object.keys(storage) as (keyof StorageOps)[]) storage[op] -= before.storage[op];
+  return { cpuMs, storage };
+}
+
+function perMessage(total: Costs, messages: number): PhaseCost {
+  const cpuMs: CpuMs = {};
+  for (const role of PROCESSES) if (total.cpuMs[role] !== undefined) cpuMs[role] = round(total.cpuMs[role]! / messages);
+  if (!total.storage) return { cpuMs };
+  const storage = { ...total.storage };
+  for (const op of Object.keys(storage) as (keyof StorageOps)[]) storage[op] = round(storage[op] / messages);
+  return { cpuMs, storage };
+}
+
+/**
+ * What one message of the scenario stores, its body in chunks and its
+ * envelopes, inserted into the emulator with the Datastore client, one insert
+ * at a time: the emulator's own rate, with no queue around it.
+ */
+async function rawInsertRate(emulatorHost: string, scenario: Scenario, body: Buffer): Promise<number> {
+  const datastore = new Datastore({ apiEndpoint: emulatorHost, projectId: 'bench', namespace: `raw-${randomBytes(3).toString('hex')}` });
+  const envelope = Buffer.alloc(400, 'e');
+  const insert = (n: number) => {
+    const entities = [];
+    for (let offset = 0, i = 0; offset < body.length; offset += CHUNK_BYTES, i++) {
+      entities.push({ key: datastore.key(['RawMessage', `m${n}`, 'RawChunk', String(i)]), data: { data: body.subarray(offset, offset + CHUNK_BYTES) }, excludeFromIndexes: ['data'] });
+    }
+    for (let r = 0; r < scenario.recipients; r++) {
+      entities.push({ key: datastore.key(['RawMessage', `m${n}`, 'RawEnvelope', String(r)]), data: { data: envelope }, excludeFromIndexes: ['data'] });
+    }
+    return datastore.insert(entities);
+  };
+  const inserts = scenario.bytes >= CHUNK_BYTES ? 40 : 1000;
+  try {
+    for (let n = 0; n < 20; n++) await insert(-1 - n);
+    const bar = progress(inserts, `raw inserts, ${scenario.name}`);
+    const started = performance.now();
+    for (let n = 0; n < inserts; n++) {
+      await insert(n);
+      bar.increment();
+    }
+    bar.stop();
+    return round(inserts / ((performance.now() - started) / 1000));
+  } finally {
+    await datastore.clients_.get('DatastoreClient')?.close?.();
+  }
 }
 
 function report(runs: Run[], clients: number): string {
-  const rows: (string | number)[][] = [];
-  for (const run of runs) {
-    const fs = runs.find((r) => r.scenario === run.scenario && r.queue === 'fs')!;
-    rows.push([
-      run.scenario,
-      `queue=${run.queue}`,
-      run.messages,
-      run.acceptedPerSecond,
-      run.queue === 'rest' ? round(run.acceptedPerSecond / fs.acceptedPerSecond) : '',
-      run.deliveredPerSecond,
-      run.queue === 'rest' ? round(run.deliveredPerSecond / fs.deliveredPerSecond) : '',
-      run.smtpP50Ms,
-      run.smtpP99Ms,
-      run.bridge?.acceptRequestsPerMessage ?? '',
-      run.failures,
-    ]);
-  }
+  const fsOf = (run: Run) => runs.find((r) => r.scenario === run.scenario && r.queue === 'fs')!;
   const main = table(
     `smtpd, queue=rest against queue=fs, ${clients} SMTP clients, relayed to a local sink (this machine; MTA paused while sending)`,
-    ['scenario', 'queue', 'msgs', 'accepted/s', 'rest/fs', 'delivered/s', 'rest/fs', 'SMTP p50 ms', 'SMTP p99 ms', 'HTTP req/accepted msg', 'failed'],
-    rows,
+    ['scenario', 'queue', 'msgs', 'accepted/s', '÷ fs', 'delivered/s', '÷ fs', 'SMTP p50 ms', 'SMTP p99 ms', 'HTTP req/accepted msg', 'failed'],
+    runs.map((run) => {
+      const fs = fsOf(run);
+      const rest = run.queue !== 'fs';
+      return [
+        run.scenario,
+        `queue=${run.queue}`,
+        run.messages,
+        run.acceptedPerSecond,
+        rest ? round(run.acceptedPerSecond / fs.acceptedPerSecond) : '',
+        run.deliveredPerSecond,
+        rest ? round(run.deliveredPerSecond / fs.deliveredPerSecond) : '',
+        run.smtpP50Ms,
+        run.smtpP99Ms,
+        run.bridge?.acceptRequestsPerMessage ?? '',
+        run.failures,
+      ];
+    }),
+  );
+  const ratios = table(
+    'Against the floors, measured in the same run: rest ÷ the emulator\'s raw insert of what a message stores; rest-memory ÷ fs',
+    ['scenario', 'raw inserts/s', 'rest accepted/s', 'rest ÷ raw', 'rest-memory accepted/s', 'fs accepted/s', 'rest-memory ÷ fs'],
+    runs
+      .filter((run) => run.queue === 'rest')
+      .map((rest) => {
+        const memory = runs.find((r) => r.scenario === rest.scenario && r.queue === 'rest-memory')!;
+        const fs = fsOf(rest);
+        return [rest.scenario, rest.rawPerSecond, rest.acceptedPerSecond, round(rest.acceptedPerSecond / rest.rawPerSecond), memory.acceptedPerSecond, fs.acceptedPerSecond, round(memory.acceptedPerSecond / fs.acceptedPerSecond)];
+      }),
+  );
+  const phases = (run: Run) => [['accepted', run.accepting], ['delivered', run.delivering]] as const;
+  const cpu = table(
+    'CPU ms per message, by process (user + system, from /proc), accepting and delivering',
+    ['scenario', 'queue', 'per', ...PROCESSES, 'total'],
+    runs.flatMap((run) =>
+      phases(run).map(([per, cost]) => {
+        const cells = PROCESSES.map((p) => cost.cpuMs[p] ?? '');
+        return [run.scenario, `queue=${run.queue}`, per, ...cells, round(PROCESSES.reduce((sum, p) => sum + (cost.cpuMs[p] ?? 0), 0))];
+      }),
+    ),
+  );
+  const storage = table(
+    'Storage operations of the functions per message (records looked up, queried and written; index entries the writes change)',
+    ['scenario', 'queue', 'per', 'lookups', 'queries', 'records read', 'write calls', 'records written', 'index entries'],
+    runs
+      .filter((run) => run.queue !== 'fs')
+      .flatMap((run) =>
+        phases(run).map(([per, cost]) => {
+          const ops = cost.storage!;
+          return [run.scenario, `queue=${run.queue}`, per, ops.lookups, ops.queries, ops.recordsRead, ops.writes, ops.recordsWritten, ops.indexEntries];
+        }),
+      ),
   );
   const ops = new Map<string, (string | number)[]>();
   for (const run of runs.filter((r) => r.bridge)) {
     for (const [side, summaries] of [['smtpd', run.bridge!.smtpd], ['HTTP', run.bridge!.http]] as const) {
       for (const [op, s] of Object.entries(summaries)) {
-        const name = `${side} ${op}`;
+        const name = `${side} ${op} (${run.queue})`;
         const row = ops.get(name) ?? [name, 0, 0, 0];
         ops.set(name, [name, Number(row[1]) + s.count, Math.max(Number(row[2]), s.p50Ms), Math.max(Number(row[3]), s.p99Ms)]);
       }
@@ -219,7 +387,7 @@ function report(runs: Run[], clients: number): string {
     ['operation', 'count', 'p50', 'p99'],
     [...ops.values()].sort((a, b) => String(a[0]).localeCompare(String(b[0]))),
   );
-  return main + perOp;
+  return main + ratios + cpu + storage + perOp;
 }
 
 function round(n: number): number {

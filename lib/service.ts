@@ -39,13 +39,17 @@ export function useService(next: Service | undefined): void {
 
 /** The queue and the credentials over the configured storage driver. */
 export function serviceFor(config: ServiceConfig): Service {
-  const storage = storageFor(config);
+  return serviceOver(config, storageFor(config));
+}
+
+/** The queue and the credentials over the given storage (benchmarks wrap the configured driver to count what it does). */
+export function serviceOver(config: ServiceConfig, storage: Storage): Service {
   const log = createLogger({ name: 'queue' });
   const onSweepError = (err: unknown) => log.warn({ err }, 'could not sweep expired tombstones; the next heartbeat or purge tries again');
   return { config, store: new Queue(storage, { limits: config.limits, onSweepError }), credentials: new Credentials(storage) };
 }
 
-function storageFor(config: ServiceConfig): Storage {
+export function storageFor(config: ServiceConfig): Storage {
   if (config.store === 'memory') return new MemoryStorage();
   return new DatastoreStorage(config.datastore);
 }

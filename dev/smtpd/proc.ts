@@ -1,3 +1,4 @@
+import { execFileSync } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 
@@ -7,6 +8,8 @@ interface LiveProcess {
   pid: number;
   comm: string;
   pgrp: number;
+  /** CPU time so far, user and system, in clock ticks. */
+  cpuTicks: number;
 }
 
 /** Live (not zombie) processes named smtpd, any instance on the machine. */
@@ -29,11 +32,23 @@ function liveProcesses(): LiveProcess[] {
     // comm is in parentheses and may itself contain spaces or parentheses
     const open = stat.indexOf('(');
     const close = stat.lastIndexOf(')');
-    const [state, , pgrp] = stat.slice(close + 2).split(' ');
+    const fields = stat.slice(close + 2).split(' ');
+    const [state, , pgrp] = fields;
     if (state === 'Z' || state === 'X') continue;
-    found.push({ pid: Number(name), comm: stat.slice(open + 1, close), pgrp: Number(pgrp) });
+    // utime and stime, fields 14 and 15 of proc(5), counted from the state (field 3)
+    found.push({ pid: Number(name), comm: stat.slice(open + 1, close), pgrp: Number(pgrp), cpuTicks: Number(fields[11]) + Number(fields[12]) });
   }
   return found;
+}
+
+let ticksPerSecond: number | undefined;
+
+/** CPU milliseconds (user and system) each live process of these process groups, or with these pids, has used so far. */
+export function cpuMillis(groups: { pgrp?: number[]; pid?: number[] }): { pid: number; comm: string; ms: number }[] {
+  ticksPerSecond ??= Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100;
+  return liveProcesses()
+    .filter((p) => groups.pgrp?.includes(p.pgrp) || groups.pid?.includes(p.pid))
+    .map((p) => ({ pid: p.pid, comm: p.comm, ms: (p.cpuTicks * 1000) / ticksPerSecond! }));
 }
 
 function groupAlive(pgid: number): boolean {
