@@ -4,7 +4,7 @@ import { QueueError } from '../lib/errors';
 import { msgidOf, randomEvpid, randomMsgid, type Evpid, type Msgid } from '../lib/ids';
 import type { Logger } from '../lib/log';
 import { sha256hex } from '../lib/rules';
-import { CREATE_BATCH_MAX, type Envelope, type QueueStore } from '../lib/store';
+import { CREATE_BATCH_MAX, DELETE_BATCH_MAX, PAGE_MAX, type Envelope, type QueueStore } from '../lib/store';
 import { BodyFiles, readAllAndClose } from './bodyfile';
 import type { SmtpdDiscover } from './discover';
 import { EnvelopeCopy } from './envelope-copy';
@@ -46,7 +46,8 @@ export interface BackendOptions {
 }
 
 const RESERVE_LOW = 4;
-const WALK_PAGE = 200;
+/** The walk asks for the largest page the service gives: on Datastore a page costs a few calls whatever its size. */
+export const WALK_PAGE = PAGE_MAX;
 const WALK_WAIT_MS = 50;
 /** Past this many, envelope deletes wait for the service again (within the call's bound) instead of queueing. */
 const WRITE_BEHIND_MAX = 10_000;
@@ -100,6 +101,10 @@ export class Backend implements QueueBackend {
   private readonly updating = new Set<Evpid>();
   /** Envelopes smtpd deleted whose delete has not landed yet. */
   private readonly deleting = new Set<Evpid>();
+  /** Deletes written behind and not sent yet, by message: the first of a message to run sends them all in one request. */
+  private readonly deletesWaiting = new Map<Msgid, Set<Evpid>>();
+  /** Whether the service takes several envelopes in one delete (one deployed before it did answers 400). */
+  private batchDeletes = true;
   /** Envelopes smtpd has through this bridge: it must never be handed one of them again. */
   private readonly smtpdHas = new Set<Evpid>();
   /**
@@ -446,12 +451,60 @@ export class Backend implements QueueBackend {
     };
   }
 
-  /** Queues the delete behind, journaled; false if the journal cannot keep it. */
+  /**
+   * Queues the delete behind, journaled; false if the journal cannot keep
+   * it. smtpd deletes the envelopes of a message delivered to several
+   * recipients one after the other: those still waiting when the first
+   * request of the message is sent go in it, in one transaction rather than
+   * one each. A delete that an earlier request of its message took along
+   * waits for it in the message's queue, and has nothing left to send.
+   */
   private deleteBehind(evpid: Evpid, what: string): boolean {
     const landed = this.remember({ op: 'delete', evpid });
     if (!landed) return false;
-    void this.behind(msgidOf(evpid), what, this.removeEnvelope(evpid), landed);
+    const msgid = msgidOf(evpid);
+    this.deleting.add(evpid);
+    const group = this.deletesWaiting.get(msgid) ?? new Set<Evpid>();
+    group.add(evpid);
+    this.deletesWaiting.set(msgid, group);
+    let batch: Evpid[] | undefined;
+    const send = async () => {
+      // the same batch on every attempt
+      batch ??= this.takeDeletes(msgid, group, evpid);
+      if (batch.length > 0) await this.removeEnvelopes(msgid, batch);
+    };
+    void this.queueBehind(msgid, what, send, landed);
     return true;
+  }
+
+  /** The deletes of the group not sent yet, `evpid` among them; none if a request sent before took it. */
+  private takeDeletes(msgid: Msgid, group: Set<Evpid>, evpid: Evpid): Evpid[] {
+    if (!group.has(evpid)) return [];
+    const batch = [evpid, ...[...group].filter((other) => other !== evpid).slice(0, DELETE_BATCH_MAX - 1)];
+    for (const taken of batch) group.delete(taken);
+    if (group.size === 0 && this.deletesWaiting.get(msgid) === group) this.deletesWaiting.delete(msgid);
+    return batch;
+  }
+
+  private async removeEnvelopes(msgid: Msgid, batch: Evpid[]): Promise<void> {
+    try {
+      if (batch.length === 1 || !this.batchDeletes) {
+        for (const evpid of batch) await this.removeEnvelope(evpid)();
+        return;
+      }
+      const { messageDeleted } = await this.store.envelopesDelete(batch, { owner: this.owner }).catch(async (err: unknown) => {
+        if (!(err instanceof QueueError && err.code === 'bad_request')) throw err;
+        this.batchDeletes = false;
+        this.log.warn({ err }, 'the queue service takes one envelope per delete (an older version): deleting one at a time');
+        for (const evpid of batch) await this.removeEnvelope(evpid)();
+        return { messageDeleted: false };
+      });
+      if (messageDeleted) this.bodies.delete(msgid);
+      for (const evpid of batch) this.deleting.delete(evpid);
+    } catch (err) {
+      if (isFinal(err)) for (const evpid of batch) this.deleting.delete(evpid);
+      throw err;
+    }
   }
 
   /**
@@ -615,7 +668,10 @@ export class Backend implements QueueBackend {
       clearTimeout(timer);
     }
     request.catch(() => undefined); // nobody waits for its outcome any more
-    if (msgid) this.later.track(msgid, request);
+    if (msgid) {
+      this.deletesWaiting.delete(msgid);
+      this.later.track(msgid, request);
+    }
     throw new QueueError('unavailable', `${what}: no answer within ${this.answerWithinMs} ms`, { timedOut: true });
   }
 
@@ -665,8 +721,17 @@ export class Backend implements QueueBackend {
     }
   }
 
-  /** Queues a write in the background; `landed` once it has, or was refused for good (not when the bridge stopped first). */
+  /**
+   * Queues a write in the background; `landed` once it has, or was refused
+   * for good (not when the bridge stopped first). Deletes queued after it
+   * must land after it, so none of them joins a delete queued before it.
+   */
   private behind(key: string, what: string, work: () => Promise<void>, landed: () => void, after?: () => void): Promise<void> {
+    this.deletesWaiting.delete(key);
+    return this.queueBehind(key, what, work, landed, after);
+  }
+
+  private queueBehind(key: string, what: string, work: () => Promise<void>, landed: () => void, after?: () => void): Promise<void> {
     return this.later.add(key, what, work, isFinal).then((outcome: Outcome) => {
       after?.();
       if (outcome !== 'stopped') landed();

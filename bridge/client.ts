@@ -221,6 +221,10 @@ export class HttpQueueStore implements QueueStore {
     return { deleted, messageDeleted };
   }
 
+  async envelopesDelete(evpids: Evpid[], check: OwnerCheck = {}): Promise<{ deleted: Evpid[]; messageDeleted: boolean }> {
+    return this.json('envelopeDelete', Responses.envelopesDelete, { method: 'POST', json: { evpids, ...check } });
+  }
+
   async envelopeLoad(evpid: Evpid, check: OwnerCheck = {}): Promise<Buffer> {
     return (await this.json('envelopeLoad', Responses.envelopeLoad, { method: 'GET', query: { evpid, owner: check.owner } })).data;
   }

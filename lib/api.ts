@@ -2,7 +2,7 @@ import { z } from 'zod';
 import { Base64, b64 } from './wire';
 import { Evpid, Msgid, Owner } from './ids';
 import type { CredentialInfo } from './credentials';
-import { CREATE_BATCH_MAX, PAGE_BYTES_MAX, PAGE_MAX, TAKEOVER_MAX, type Envelope, type InstanceInfo, type MessageInfo } from './store';
+import { CREATE_BATCH_MAX, DELETE_BATCH_MAX, PAGE_BYTES_MAX, PAGE_MAX, TAKEOVER_MAX, type Envelope, type InstanceInfo, type MessageInfo } from './store';
 
 /**
  * The HTTP shapes of the queue API, shared by the functions (which parse
@@ -135,7 +135,10 @@ export const Requests = {
   messageUncorrupt: z.strictObject({ msgid: Msgid, ...owned }),
   messagePurge: z.strictObject({ owner: Owner, keep: z.array(Msgid).max(10_000).optional() }),
   envelopeCreate: z.strictObject({ evpid: Evpid, data: Base64, ...owned }),
-  envelopeDelete: z.strictObject({ evpid: Evpid, ...owned }),
+  envelopeDelete: z.union([
+    z.strictObject({ evpid: Evpid, ...owned }),
+    z.strictObject({ evpids: z.array(Evpid).min(1).max(DELETE_BATCH_MAX), ...owned }),
+  ]),
   envelopeLoad: z.strictObject({ evpid: Evpid, ...owned }),
   envelopeUpdate: z.strictObject({
     evpid: Evpid,
@@ -179,6 +182,7 @@ export const Responses = {
   messagePurge: z.object({ purged: z.number() }),
   envelopeCreate: z.object({ evpid: Evpid, created: z.boolean() }),
   envelopeDelete: z.object({ evpid: Evpid, deleted: z.boolean(), messageDeleted: z.boolean() }),
+  envelopesDelete: z.object({ deleted: z.array(Evpid), messageDeleted: z.boolean() }),
   envelopeLoad: z.object({ evpid: Evpid, data: Base64 }),
   envelopeWalk: z.object({ envelopes: z.array(EnvelopeJson), cursor: z.string().nullable() }),
   instanceHeartbeat: z.object({ instance: InstanceJson }),

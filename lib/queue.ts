@@ -1,5 +1,5 @@
 import { PageFill, WalkCursors, type WalkScope } from './cursor';
-import { conflict, notFound, QueueError, rolledBack } from './errors';
+import { badRequest, conflict, notFound, QueueError, rolledBack } from './errors';
 import { msgidOf, type Evpid, type Msgid } from './ids';
 import {
   byteRange,
@@ -38,6 +38,7 @@ import { KeyExists, key, type CommittedRecord, type Found, type Key, type Kind, 
 import {
   CHUNK_BYTES,
   DEFAULT_LIMITS,
+  DELETE_BATCH_MAX,
   TAKEOVER_DEFAULT,
   TAKEOVER_MAX,
   type Commit,
@@ -229,20 +230,28 @@ export class Queue implements QueueStore {
   }
 
   async envelopeDelete(evpid: Evpid, check?: OwnerCheck): Promise<{ deleted: boolean; messageDeleted: boolean }> {
-    const msgid = msgidOf(evpid);
+    const { deleted, messageDeleted } = await this.envelopesDelete([evpid], check);
+    return { deleted: deleted.length > 0, messageDeleted };
+  }
+
+  async envelopesDelete(evpids: Evpid[], check?: OwnerCheck): Promise<{ deleted: Evpid[]; messageDeleted: boolean }> {
+    const msgid = messageOfAll(evpids);
+    const asked = [...new Set(evpids)];
     return this.storage.transaction(async (tx) => {
-      const found = await envelopeContext(tx, evpid, check).catch(ignoreNotFound);
-      if (!found || !found.has(key.envelope(evpid))) return { deleted: false, messageDeleted: false };
+      const found = await messageContext(tx, msgid, asked, check).catch(ignoreNotFound);
+      const deleted = asked.filter((evpid) => found?.has(key.envelope(evpid)));
+      if (!found || deleted.length === 0) return { deleted: [], messageDeleted: false };
       const committed = committedRecord(found.get(key.message(msgid)));
-      const left = tallyWithout(tallyOf(found, msgid), evpid);
+      const left = deleted.reduce(tallyWithout, tallyOf(found, msgid));
+      const envelopes = deleted.map((evpid) => key.envelope(evpid));
       if (committed && left.count === 0) {
         const chunks = range(0, Number(committed.chunks)).map((i) => key.chunk(msgid, i));
-        tx.delete([...chunks, key.envelope(evpid), key.tally(msgid), key.message(msgid)]);
-        return { deleted: true, messageDeleted: true };
+        tx.delete([...chunks, ...envelopes, key.tally(msgid), key.message(msgid)]);
+        return { deleted, messageDeleted: true };
       }
-      tx.delete([key.envelope(evpid)]);
+      tx.delete(envelopes);
       tx.put(tallyRow(msgid, left));
-      return { deleted: true, messageDeleted: false };
+      return { deleted, messageDeleted: false };
     });
   }
 
@@ -602,20 +611,34 @@ export class Queue implements QueueStore {
  * tally; refuses other owners. A rolled-back message is not found, or
  * refused as such (`refuseRolledBack`).
  */
-async function envelopeContext(
+function envelopeContext(reader: Pick<Transaction, 'get'>, evpid: Evpid, check?: OwnerCheck, options: { refuseRolledBack?: boolean } = {}): Promise<Found> {
+  return messageContext(reader, msgidOf(evpid), [evpid], check, options);
+}
+
+/** The message (committed or incoming), its tally and these envelopes of it; not_found without the message, not_owner for another's. */
+async function messageContext(
   reader: Pick<Transaction, 'get'>,
-  evpid: Evpid,
+  msgid: Msgid,
+  evpids: Evpid[],
   check?: OwnerCheck,
   options: { refuseRolledBack?: boolean } = {},
 ): Promise<Found> {
-  const msgid = msgidOf(evpid);
-  const found = await reader.get([key.message(msgid), key.incoming(msgid), key.envelope(evpid), key.tally(msgid)]);
+  const found = await reader.get([key.message(msgid), key.incoming(msgid), key.tally(msgid), ...evpids.map((evpid) => key.envelope(evpid))]);
   const message = found.get(key.message(msgid));
   const stored = committedRecord(message) ?? found.get(key.incoming(msgid));
   if (!stored && options.refuseRolledBack && isFencing(message)) throw rolledBack(msgid);
-  if (!stored) throw notFound('evpid', evpid);
+  if (!stored) throw notFound('evpid', evpids[0]);
   checkOwner({ msgid, owner: stored.owner }, check);
   return found;
+}
+
+/** The one message these envelopes belong to. */
+function messageOfAll(evpids: Evpid[]): Msgid {
+  if (evpids.length === 0 || evpids.length > DELETE_BATCH_MAX) throw badRequest(`give 1 to ${DELETE_BATCH_MAX} envelopes`, { envelopes: evpids.length });
+  const msgid = msgidOf(evpids[0]);
+  const other = evpids.find((evpid) => msgidOf(evpid) !== msgid);
+  if (other) throw badRequest('the envelopes must all belong to one message', { msgid, other });
+  return msgid;
 }
 
 function ignoreNotFound(err: unknown): undefined {

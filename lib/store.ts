@@ -103,6 +103,14 @@ export interface QueueStore {
    */
   envelopeDelete(evpid: Evpid, check?: OwnerCheck): Promise<{ deleted: boolean; messageDeleted: boolean }>;
 
+  /**
+   * Deletes envelopes of one message (at most DELETE_BATCH_MAX) in one
+   * atomic step, as envelopeDelete does each: the message goes with its
+   * last envelope. `deleted` lists those that were there. Evpids of more
+   * than one message are refused (`bad_request`), and nothing is deleted.
+   */
+  envelopesDelete(evpids: Evpid[], check?: OwnerCheck): Promise<{ deleted: Evpid[]; messageDeleted: boolean }>;
+
   /** The envelope's bytes exactly as stored. */
   envelopeLoad(evpid: Evpid, check?: OwnerCheck): Promise<Buffer>;
 
@@ -162,6 +170,8 @@ export const CHUNK_BYTES = 1_000_000;
 
 /** Most msgids one messageCreate reserves (the legacy Datastore allows 25 entity groups per transaction). */
 export const CREATE_BATCH_MAX = 12;
+/** Most envelopes one envelopesDelete takes: well within a Datastore commit's 500 mutations, with a message's chunks. */
+export const DELETE_BATCH_MAX = 100;
 
 export type MessageState = 'incoming' | 'queued' | 'corrupt';
 

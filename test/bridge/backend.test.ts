@@ -644,6 +644,51 @@ describe('a bounce on a message whose envelope deletes are still pending', () =>
   });
 });
 
+describe('envelope deletes of one message go in fewer requests', () => {
+  const rcpts = (n: number) => Array.from({ length: n }, (_, i) => `r${i}@example.test`);
+
+  test('deletes waiting behind the first of a message go in one request; the message goes with the last', async () => {
+    const b = await running();
+    const { msgid, evpids } = await b.smtpd.accept(rcpts(10));
+    b.store.hang('envelopeDelete');
+    for (const evpid of evpids) expect(await b.smtpd.envelopeDelete(evpid)).toBe(1);
+    b.store.release();
+    await settled(b);
+    // the first, sent at once, then the nine that waited behind it
+    expect(b.store.calls('envelopeDelete')).toBe(2);
+    await expect(b.inner.messageWalk(msgid)).rejects.toMatchObject({ code: 'not_found' });
+  });
+
+  test('a delete smtpd made after a bounce is not sent with the deletes before it: the bounce lands before the last envelope goes', async () => {
+    const b = await running();
+    const { msgid, evpids } = await b.smtpd.accept(rcpts(3));
+    b.store.hang('envelopeDelete');
+    expect(await b.smtpd.envelopeDelete(evpids[0])).toBe(1);
+    expect(await b.smtpd.envelopeDelete(evpids[1])).toBe(1);
+    const bounced = (await b.smtpd.envelopeCreate(msgid, bounce('r2@example.test')))!;
+    expect(await b.smtpd.envelopeDelete(evpids[2])).toBe(1);
+    b.store.release();
+    await settled(b);
+    expect((await b.inner.messageWalk(msgid)).items).toEqual([{ evpid: bounced, data: bounce('r2@example.test') }]);
+  });
+
+  test('a service that takes one envelope per delete (an older version) gets them one at a time', async () => {
+    const inner = memoryQueue();
+    const oneAtATime = inner.envelopesDelete.bind(inner);
+    inner.envelopesDelete = async (evpids, check) => {
+      if (evpids.length > 1) throw new QueueError('bad_request', 'invalid request', {});
+      return oneAtATime(evpids, check);
+    };
+    const b = await running(inner);
+    const { msgid, evpids } = await b.smtpd.accept(rcpts(4));
+    b.store.hang('envelopeDelete');
+    for (const evpid of evpids) expect(await b.smtpd.envelopeDelete(evpid)).toBe(1);
+    b.store.release();
+    await settled(b);
+    await expect(b.inner.messageWalk(msgid)).rejects.toMatchObject({ code: 'not_found' });
+  });
+});
+
 describe('the local copy of envelopes', () => {
   test('keeps what is past its memory budget in a spill file that leaves nothing on disk, and answers from it', async () => {
     const inner = memoryQueue();

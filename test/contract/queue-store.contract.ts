@@ -599,6 +599,39 @@ export function queueStoreContract(driver: ContractDriver): void {
     });
   });
 
+  describe('envelopesDelete', () => {
+    test('of some envelopes of a message keeps it, in one call', async () => {
+      const { msgid, envelopes, body } = await queued(3);
+      const some = [envelopes[0].evpid, envelopes[2].evpid];
+      expect(await store.envelopesDelete(some, { owner: OWNER })).toEqual({ deleted: some, messageDeleted: false });
+      expect((await store.messageRead(msgid)).data.equals(body)).toBe(true);
+      expect(evpids(await walkAll(store))).toEqual([envelopes[1].evpid]);
+    });
+
+    test('of the last envelopes deletes the message and its body; those already gone are not listed', async () => {
+      const { msgid, envelopes } = await queued(3, randomBytes(CHUNK_BYTES + 10));
+      await store.envelopeDelete(envelopes[1].evpid);
+      const all = envelopes.map((e) => e.evpid);
+      expect(await store.envelopesDelete(all)).toEqual({ deleted: [all[0], all[2]], messageDeleted: true });
+      await expectError(store.messageRead(msgid), 'not_found');
+      expect(await walkAll(store)).toEqual([]);
+      expect(await store.envelopesDelete(all)).toEqual({ deleted: [], messageDeleted: false });
+    });
+
+    test('of envelopes of two messages is refused and deletes nothing', async () => {
+      const [a, b] = [await queued(1), await queued(1)];
+      await expectError(store.envelopesDelete([a.envelopes[0].evpid, b.envelopes[0].evpid]), 'bad_request');
+      await expectError(store.envelopesDelete([]), 'bad_request');
+      expect(await walkAll(store)).toHaveLength(2);
+    });
+
+    test("of another owner's envelopes is refused and deletes nothing", async () => {
+      const { envelopes } = await queued(2);
+      await expectError(store.envelopesDelete(evpids(envelopes), { owner: OTHER }), 'conflict', 'not_owner');
+      expect(await walkAll(store)).toHaveLength(2);
+    });
+  });
+
   describe('envelopeDelete', () => {
     test('of one of several envelopes keeps the message', async () => {
       const { msgid, envelopes, body } = await queued(2);

@@ -123,6 +123,9 @@ export class FaultyStore implements QueueStore {
   envelopeDelete(evpid: Evpid, check?: OwnerCheck) {
     return this.run('envelopeDelete', () => this.inner.envelopeDelete(evpid, check));
   }
+  envelopesDelete(evpids: Evpid[], check?: OwnerCheck) {
+    return this.run('envelopeDelete', () => this.inner.envelopesDelete(evpids, check));
+  }
   envelopeLoad(evpid: Evpid, check?: OwnerCheck) {
     return this.run('envelopeLoad', () => this.inner.envelopeLoad(evpid, check));
   }
