@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto';
+import { WALK_PAGE as PAGE } from '../bridge/backend';
 import { CountingStorage } from '../dev/counting-storage';
 import { startEmulator } from '../dev/emulator';
 import { randomEvpid, randomMsgid } from '../lib/ids';
@@ -12,11 +13,10 @@ import { progress, table } from './report';
  * is filled with messages of a 2 KiB body and one envelope, committed through
  * the queue layer straight into the Firestore emulator (quicker than through
  * HTTP; what is stored is the same). At each size: a full envelopeWalk of
- * that owner in pages of 200, as the bridge does at INIT, and a queueStatus
+ * that owner in pages of 1,000 (WALK_PAGE), as the bridge does at INIT, and a queueStatus
  * (the instance list and the counts), with the storage calls each makes.
  */
 const OWNER = 'bench-mx';
-const PAGE = 200;
 const COMMITTERS = 8;
 const ENVELOPE = Buffer.from('version: 3\ndispatcher: local\ntype: mta\nrcpt: user@example.test\n');
 
