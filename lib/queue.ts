@@ -39,6 +39,7 @@ import {
   CHUNK_BYTES,
   DEFAULT_LIMITS,
   DELETE_BATCH_MAX,
+  PAGE_MAX,
   TAKEOVER_DEFAULT,
   TAKEOVER_MAX,
   type Commit,
@@ -63,8 +64,8 @@ export interface QueueOptions {
   onSweepError?: (err: unknown) => void;
 }
 
-/** Most envelopes one round of a walk page looks up (Datastore looks up 1,000 keys at most per call). */
-const WALK_ROUND_MAX = 500;
+/** Most envelopes one round of a walk page looks up: a full page and the one that tells whether the walk ends there. */
+const WALK_ROUND_MAX = PAGE_MAX + 1;
 /** Messages claimed per transaction: few, so that claimants racing for the same orphans rarely wait on each other. */
 const CLAIM_BATCH = 10;
 /** Most expired tombstones one sweep deletes, and how many per transaction (the legacy Datastore emulator allows 25 entity groups). */

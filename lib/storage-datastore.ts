@@ -19,6 +19,8 @@ export interface DatastoreOptions {
 
 /** Datastore's 4 MiB request cap on the emulators, with room for keys and framing. */
 const WRITE_BATCH_BYTES = 3_500_000;
+/** Datastore looks up at most 1,000 keys per call; more are looked up in calls of that many, side by side. */
+const LOOKUP_KEYS_MAX = 1000;
 const DEFAULT_DATABASE = '(default)';
 /** A transaction aborted by contention is run again this many times, with backoff, before it answers unavailable. */
 const TX_ATTEMPTS = 10;
@@ -145,11 +147,10 @@ export class DatastoreStorage implements Storage {
     const found = new Found();
     if (keys.length === 0) return found;
     try {
-      const [rows] = await reader.get(
-        keys.map((k) => this.key(k)),
-        { gaxOptions: this.gax },
-      );
-      for (const row of rows as Stored[]) found.add(this.toRow(row));
+      const batches: Key[][] = [];
+      for (let i = 0; i < keys.length; i += LOOKUP_KEYS_MAX) batches.push(keys.slice(i, i + LOOKUP_KEYS_MAX));
+      const answers = await Promise.all(batches.map((batch) => reader.get(batch.map((k) => this.key(k)), { gaxOptions: this.gax })));
+      for (const [rows] of answers) for (const row of rows as Stored[]) found.add(this.toRow(row));
       return found;
     } catch (err) {
       throw storageError(err, this.database);

@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { QueueError, type ErrorCode } from '../../lib/errors';
 import { msgidOf, randomEvpid, randomMsgid, type Msgid } from '../../lib/ids';
 import { sha256hex } from '../../lib/rules';
-import { CHUNK_BYTES, DEFAULT_LIMITS, type Commit, type Envelope, type Limits, type QueueStore } from '../../lib/store';
+import { CHUNK_BYTES, DEFAULT_LIMITS, PAGE_MAX, type Commit, type Envelope, type Limits, type QueueStore } from '../../lib/store';
 
 /**
  * The behaviours every QueueStore must have. Each driver's test file calls
@@ -714,6 +714,16 @@ export function queueStoreContract(driver: ContractDriver): void {
       const byId = new Map(all.map((e) => [e.evpid, e.data]));
       for (const e of seen) expect(e.data.equals(byId.get(e.evpid)!)).toBe(true);
     });
+
+    test('a page as large as the service gives (1,000, more than Datastore looks up in one call) holds that many', async () => {
+      const all: Envelope[] = [];
+      for (let i = 0; i < 101; i++) all.push(...(await queued(10)).envelopes);
+      const first = await store.envelopeWalk({ limit: PAGE_MAX });
+      expect(first.items).toHaveLength(PAGE_MAX);
+      const rest = await store.envelopeWalk({ limit: PAGE_MAX, cursor: first.cursor! });
+      expect(rest.cursor).toBeNull();
+      expect([...first.items, ...rest.items].map((e) => e.evpid)).toEqual(evpids(all));
+    }, 120_000);
 
     test('leaves out messages committed and envelopes created after the walk began', async () => {
       const before: Envelope[] = [];
