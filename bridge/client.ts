@@ -6,7 +6,7 @@ import { TOKEN_HEADER } from '../lib/auth';
 import type { Grant } from '../lib/credentials';
 import type { IdTokenSource } from './id-tokens';
 import { isErrorCode, isServiceFault, QueueError } from '../lib/errors';
-import { b64 } from '../lib/wire';
+import { FRAME_TYPE, frame } from '../lib/wire';
 import type { Evpid, Msgid } from '../lib/ids';
 import { sha256hex } from '../lib/rules';
 import {
@@ -100,6 +100,8 @@ interface Call {
   query?: Record<string, string | number | undefined>;
   json?: unknown;
   bytes?: Buffer;
+  /** The bytes' content type, if not application/octet-stream. */
+  type?: string;
   headers?: Record<string, string>;
   /** What a successful answer carries: JSON (the default), or a body's bytes. */
   answer?: 'json' | 'bytes';
@@ -148,10 +150,8 @@ export class HttpQueueStore implements QueueStore {
     const json = { ...rest, envelopes: envelopes.map(toEnvelopeJson) };
     const inline = body !== undefined && body.length <= this.inlineMax;
     if (body && !inline) await this.writeParts(commit.msgid, body, commit.owner);
-    const { created } = await this.json('messageCommit', Responses.messageCommit, {
-      method: 'POST',
-      json: inline ? { ...json, body: b64(body) } : json,
-    });
+    const call: Call = inline ? { method: 'POST', bytes: frame(json, body), type: FRAME_TYPE } : { method: 'POST', json };
+    const { created } = await this.json('messageCommit', Responses.messageCommit, call);
     return { created };
   }
 
@@ -371,7 +371,7 @@ export class HttpQueueStore implements QueueStore {
       headers['content-type'] = 'application/json';
       body = JSON.stringify(call.json);
     } else if (call.bytes) {
-      headers['content-type'] = 'application/octet-stream';
+      headers['content-type'] = call.type ?? 'application/octet-stream';
       body = call.bytes;
     }
     const res = await this.agent.request({
