@@ -6,7 +6,7 @@ import { TOKEN_HEADER } from '../lib/auth';
 import type { Grant } from '../lib/credentials';
 import type { IdTokenSource } from './id-tokens';
 import { isErrorCode, isServiceFault, QueueError } from '../lib/errors';
-import { FRAME_TYPE, frame } from '../lib/wire';
+import { b64, FRAME_TYPE, frame } from '../lib/wire';
 import type { Evpid, Msgid } from '../lib/ids';
 import { sha256hex } from '../lib/rules';
 import {
@@ -126,6 +126,8 @@ export class HttpQueueStore implements QueueStore {
   /** Set while the service is out of reach (failFast only). */
   private outage?: { since: Date; nextProbe: number };
   private lastVersion = 0;
+  /** Inline bodies travel in frames until the service refuses one (415): functions older than frames take JSON only. */
+  private framing = true;
 
   constructor(private readonly options: ClientOptions) {
     this.limits = options.limits ?? DEFAULT_LIMITS;
@@ -150,7 +152,18 @@ export class HttpQueueStore implements QueueStore {
     const json = { ...rest, envelopes: envelopes.map(toEnvelopeJson) };
     const inline = body !== undefined && body.length <= this.inlineMax;
     if (body && !inline) await this.writeParts(commit.msgid, body, commit.owner);
-    const call: Call = inline ? { method: 'POST', bytes: frame(json, body), type: FRAME_TYPE } : { method: 'POST', json };
+    if (inline && this.framing) {
+      try {
+        return await this.commit({ method: 'POST', bytes: frame(json, body), type: FRAME_TYPE });
+      } catch (err) {
+        if (!(err instanceof QueueError && err.code === 'unsupported_media_type')) throw err;
+        this.framing = false;
+      }
+    }
+    return this.commit({ method: 'POST', json: inline ? { ...json, body: b64(body) } : json });
+  }
+
+  private async commit(call: Call): Promise<{ created: boolean }> {
     const { created } = await this.json('messageCommit', Responses.messageCommit, call);
     return { created };
   }

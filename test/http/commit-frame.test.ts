@@ -1,4 +1,7 @@
 import { randomBytes } from 'node:crypto';
+import http from 'node:http';
+import { HttpQueueStore } from '../../bridge/client';
+import { listen } from '../../lib/server';
 import { randomEvpid, randomMsgid } from '../../lib/ids';
 import { sha256hex } from '../../lib/rules';
 import { DEFAULT_LIMITS } from '../../lib/store';
@@ -51,7 +54,7 @@ test('a framed commit is 201, again 200, and stores the body and envelopes byte-
 
 test('a framed commit and the JSON form of the same commit are one commit: the second is a retry', async () => {
   const body = randomBytes(5000);
-  const { msgid, head } = commitOf(body);
+  const { head } = commitOf(body);
   expect((await framed(frame(head, body))).status).toBe(201);
   expect(await ask(service, 'messageCommit', { json: { ...head, body: body.toString('base64') } })).toMatchObject({ status: 200, json: { created: false } });
   const other = commitOf(body);
@@ -111,4 +114,28 @@ test('a frame without credentials is 401 and writes nothing', async () => {
   const { msgid, head } = commitOf(body);
   expect((await ask(service, 'messageCommit', { raw: frame(head, body), type: FRAME_TYPE, token: null })).status).toBe(401);
   expect(await exists(msgid)).toBe(false);
+});
+
+test("the bridge's client sends inline bodies in frames, and JSON for good once functions older than frames answer one 415", async () => {
+  const types: string[] = [];
+  const old = http.createServer((req, res) => {
+    types.push(String(req.headers['content-type']));
+    const refused = req.headers['content-type'] === FRAME_TYPE;
+    res.writeHead(refused ? 415 : 201, { 'content-type': 'application/json' });
+    const msgid = '0a1b2c3d';
+    res.end(JSON.stringify(refused ? { error: { code: 'unsupported_media_type', message: 'send the request body as application/json' } } : { msgid, created: true }));
+  });
+  const port = await listen(old, 0, '127.0.0.1');
+  const client = new HttpQueueStore({ baseUrl: `http://127.0.0.1:${port}`, token: 't' });
+  try {
+    const body = randomBytes(100);
+    const commit = { msgid: '0a1b2c3d', owner: 'mx1', size: body.length, sha256: sha256hex(body), body };
+    expect(await client.messageCommit(commit)).toEqual({ created: true });
+    expect(await client.messageCommit(commit)).toEqual({ created: true });
+    expect(types).toEqual([FRAME_TYPE, 'application/json', 'application/json']);
+  } finally {
+    await client.close();
+    old.closeAllConnections();
+    await new Promise((resolve) => old.close(resolve));
+  }
 });
