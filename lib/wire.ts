@@ -30,8 +30,8 @@ export const b64 = (data: Buffer) => data.toString('base64');
 /**
  * messageCommit's binary form: the request's JSON less its body, on one
  * line, then the body's raw bytes. JSON.stringify never writes a raw
- * newline, so the first one ends the JSON; the body is not copied, encoded
- * or scanned on its way.
+ * newline, so the first one ends the JSON; the service takes the body as
+ * it came, neither decoded nor copied.
  */
 export const FRAME_TYPE = 'application/vnd.opensmtpd-queue.commit';
 
