@@ -6,7 +6,7 @@ import { TOKEN_HEADER } from '../lib/auth';
 import type { Grant } from '../lib/credentials';
 import type { IdTokenSource } from './id-tokens';
 import { isErrorCode, isServiceFault, QueueError } from '../lib/errors';
-import { b64 } from '../lib/wire';
+import { b64, FRAME_TYPE, frame } from '../lib/wire';
 import type { Evpid, Msgid } from '../lib/ids';
 import { sha256hex } from '../lib/rules';
 import {
@@ -100,6 +100,8 @@ interface Call {
   query?: Record<string, string | number | undefined>;
   json?: unknown;
   bytes?: Buffer;
+  /** The bytes' content type, if not application/octet-stream. */
+  type?: string;
   headers?: Record<string, string>;
   /** What a successful answer carries: JSON (the default), or a body's bytes. */
   answer?: 'json' | 'bytes';
@@ -124,6 +126,8 @@ export class HttpQueueStore implements QueueStore {
   /** Set while the service is out of reach (failFast only). */
   private outage?: { since: Date; nextProbe: number };
   private lastVersion = 0;
+  /** Inline bodies travel in frames until the service refuses one (415): functions older than frames take JSON only. */
+  private framing = true;
 
   constructor(private readonly options: ClientOptions) {
     this.limits = options.limits ?? DEFAULT_LIMITS;
@@ -148,10 +152,19 @@ export class HttpQueueStore implements QueueStore {
     const json = { ...rest, envelopes: envelopes.map(toEnvelopeJson) };
     const inline = body !== undefined && body.length <= this.inlineMax;
     if (body && !inline) await this.writeParts(commit.msgid, body, commit.owner);
-    const { created } = await this.json('messageCommit', Responses.messageCommit, {
-      method: 'POST',
-      json: inline ? { ...json, body: b64(body) } : json,
-    });
+    if (inline && this.framing) {
+      try {
+        return await this.commit({ method: 'POST', bytes: frame(json, body), type: FRAME_TYPE });
+      } catch (err) {
+        if (!(err instanceof QueueError && err.code === 'unsupported_media_type')) throw err;
+        this.framing = false;
+      }
+    }
+    return this.commit({ method: 'POST', json: inline ? { ...json, body: b64(body) } : json });
+  }
+
+  private async commit(call: Call): Promise<{ created: boolean }> {
+    const { created } = await this.json('messageCommit', Responses.messageCommit, call);
     return { created };
   }
 
@@ -375,7 +388,7 @@ export class HttpQueueStore implements QueueStore {
       headers['content-type'] = 'application/json';
       body = JSON.stringify(call.json);
     } else if (call.bytes) {
-      headers['content-type'] = 'application/octet-stream';
+      headers['content-type'] = call.type ?? 'application/octet-stream';
       body = call.bytes;
     }
     const res = await this.agent.request({

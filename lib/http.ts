@@ -7,6 +7,7 @@ import { forbidden, isServiceFault, QueueError, STATUS } from './errors';
 import getRawBody from 'raw-body';
 import { setBodyGate, type GatedRequest } from './body-gate';
 import { createLogger, type Logger } from './log';
+import { FRAME_TYPE, unframe } from './wire';
 export { Base64, b64, isBase64 } from './wire';
 import { credentials, service } from './service';
 
@@ -42,6 +43,12 @@ export interface EndpointSpec<S extends z.ZodType> {
    * (403).
    */
   access?: Access;
+  /**
+   * A field of a JSON input that may also travel raw after the rest of the
+   * input, in a frame (FRAME_TYPE, lib/wire.ts): messageCommit's body. The
+   * rest is parsed with the same schema, less that field.
+   */
+  framed?: string;
 }
 
 /** Largest JSON request: an 8 MB inline body in base64 plus its envelopes. */
@@ -143,6 +150,7 @@ export function endpoint<S extends z.ZodType>(
   const allowed = spec.method === 'GET' ? ['GET', 'HEAD'] : [spec.method];
   const access = spec.access ?? 'admin';
   gateRules.set(name, { cap: capOf(spec.from), access });
+  const frame = spec.framed ? frameOf(spec.input, spec.framed) : undefined;
   const handler: HttpFunction = async (req: Request, res: Response) => {
     const started = process.hrtime.bigint();
     let reply: Reply;
@@ -155,7 +163,7 @@ export function endpoint<S extends z.ZodType>(
       const caller = (req as GatedRequest).caller ?? (await callerOf(req));
       authorize(caller, access);
       if (spec.from !== 'query') await readBody(spec, req);
-      const input = parseInput(spec, req, { caller, access });
+      const input = parseInput(spec, req, { caller, access }, frame);
       fields = { ...(caller.role !== 'any' && { caller: caller.role === 'mx' ? caller.instance : 'admin' }), ...idsOf(input) };
       reply = await run(input, req);
     } catch (err) {
@@ -201,9 +209,9 @@ function logRequest(name: string, req: Request, reply: Reply, failure: unknown, 
  * one that passes it is cut off there, whatever its Content-Length said.
  */
 async function readBody(spec: EndpointSpec<z.ZodType>, req: Request): Promise<void> {
-  const type = CONTENT_TYPE[spec.from as 'json' | 'bytes'];
-  if (!req.is(type)) {
-    throw new QueueError('unsupported_media_type', `send the request body as ${type}`, { contentType: req.get('content-type') ?? null });
+  const types = [CONTENT_TYPE[spec.from as 'json' | 'bytes'], ...(spec.framed ? [FRAME_TYPE] : [])];
+  if (!req.is(types)) {
+    throw new QueueError('unsupported_media_type', `send the request body as ${types.join(' or ')}`, { contentType: req.get('content-type') ?? null });
   }
   const limit = capOf(spec.from);
   try {
@@ -216,36 +224,61 @@ async function readBody(spec: EndpointSpec<z.ZodType>, req: Request): Promise<vo
 }
 
 /** Any failure while reading the input is the request's fault: a 4xx, never a 500. */
-function parseInput<S extends z.ZodType>(spec: EndpointSpec<S>, req: Request, who: Who): z.output<S> {
+function parseInput<S extends z.ZodType>(spec: EndpointSpec<S>, req: Request, who: Who, frame?: Frame): z.output<S> {
   try {
-    return readInput(spec, req, who);
+    return readInput(spec, req, who, frame);
   } catch (err) {
     if (err instanceof QueueError) throw err;
     throw new QueueError('bad_request', `the request could not be parsed: ${(err as Error)?.message ?? err}`, {}, { cause: err });
   }
 }
 
-function readInput<S extends z.ZodType>(spec: EndpointSpec<S>, req: Request, who: Who): z.output<S> {
+/** A framed input: the field its bytes fill, and the schema of the JSON before them. */
+interface Frame {
+  field: string;
+  head: z.ZodType;
+}
+
+const frameOf = (input: z.ZodType, field: string): Frame => ({
+  field,
+  head: (input as unknown as z.ZodObject).omit({ [field]: true } as Record<string, true> & Record<number, never>),
+});
+
+function readInput<S extends z.ZodType>(spec: EndpointSpec<S>, req: Request, who: Who, frame?: Frame): z.output<S> {
   let raw: unknown = req.query;
+  let schema: z.ZodType = spec.input;
+  let bytes: Record<string, Buffer> | undefined;
   if (spec.from !== 'query') {
     const body = req.rawBody ?? Buffer.alloc(0);
     if (spec.from === 'bytes') req.body = body;
     if (spec.from === 'json') {
       if (Object.keys(req.query).length > 0) throw new QueueError('bad_request', 'this function takes no query parameters');
-      try {
-        raw = JSON.parse(body.toString('utf8'));
-      } catch (err) {
-        throw new QueueError('bad_request', `request body is not valid JSON: ${(err as Error).message}`);
+      if (frame && req.is(FRAME_TYPE)) {
+        const parts = unframe(body);
+        if (!parts) throw new QueueError('bad_request', 'the frame has no newline after its JSON');
+        raw = parseJson(parts.head);
+        schema = frame.head;
+        bytes = { [frame.field]: parts.body };
+      } else {
+        raw = parseJson(body.toString('utf8'));
       }
     }
   }
-  const parsed = spec.input.safeParse(actingAsCaller(raw, who));
+  const parsed = schema.safeParse(actingAsCaller(raw, who));
   if (!parsed.success) {
     throw new QueueError('bad_request', 'invalid request', {
       issues: parsed.error.issues.map((i) => ({ path: i.path.join('.'), message: i.message })),
     });
   }
-  return parsed.data;
+  return (bytes ? { ...(parsed.data as object), ...bytes } : parsed.data) as z.output<S>;
+}
+
+function parseJson(text: string): unknown {
+  try {
+    return JSON.parse(text);
+  } catch (err) {
+    throw new QueueError('bad_request', `request body is not valid JSON: ${(err as Error).message}`);
+  }
 }
 
 function errorReply(err: unknown): Reply {

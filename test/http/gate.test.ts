@@ -4,6 +4,7 @@ import net from 'node:net';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { freePort } from '../../dev/emulator';
+import { FRAME_TYPE } from '../../lib/wire';
 
 /**
  * Nothing of a request body is read before the request is authenticated,
@@ -137,6 +138,16 @@ test("a body without a Content-Length is cut off with 413 once it passes the fun
   const sent = await post('messageWrite?msgid=01234567&offset=0', 30 * MB, { ...auth, 'content-type': 'application/octet-stream' }, { length: false, method: 'PUT' });
   expect(sent.status).toBe(413);
   expect(sent.written).toBeLessThan(30 * MB);
+});
+
+test("messageCommit's frame, too, is answered 401 unauthenticated and 413 over the cap before its body is read", async () => {
+  const frame = { 'content-type': FRAME_TYPE };
+  const unauthenticated = await post('messageCommit', 30 * MB, frame);
+  expect(unauthenticated.status).toBe(401);
+  expect(unauthenticated.written).toBeLessThan(15 * MB);
+  const over = await post('messageCommit', 13 * MB, { ...auth, ...frame });
+  expect(over.status).toBe(413);
+  expect(over.written).toBeLessThan(13 * MB);
 });
 
 test('a compressed body is refused (415) before it is read', async () => {
