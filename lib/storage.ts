@@ -127,8 +127,8 @@ export interface Records {
   Envelope: { data: Buffer; createdAt: Date; version?: number };
   /** How many envelopes a message has. */
   Tally: { count: number };
-  /** An MX of the pool; walkDone is 0 or 1. */
-  Instance: { leaseUntil: Date; heartbeatAt: Date; startedAt: Date; walkDone: number };
+  /** An MX of the pool; walkDone is 0 or 1; draining is 1 from a drain's ask until the instance restarts. */
+  Instance: { leaseUntil: Date; heartbeatAt: Date; startedAt: Date; walkDone: number; draining?: number };
   /** How many messages have been claimed for an instance, ever (apart from Instance, which heartbeats overwrite). */
   Claims: { count: number };
   /** A credential of QUEUE_AUTH=tokens, keyed by the hex sha256 of its token (lib/credentials.ts); the token itself is never stored. */
