@@ -71,6 +71,8 @@ export async function serve(arg: string | undefined): Promise<void> {
       leaseMs: config.leaseMs,
       discoverer: root.discoverer,
       journal: root.journal,
+      takeover: config.takeover,
+      drainOnClose: config.drainOnClose,
     });
     log.info({ url: config.url, auth: config.auth, imsg: config.imsg }, `queue-rest ${config.instance} serving smtpd with ${config.url}`);
   } catch (err) {
