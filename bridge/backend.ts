@@ -128,6 +128,8 @@ export class Backend implements QueueBackend {
   private readonly drainOnClose: boolean;
   private walked = false;
   private takingOver?: Promise<void>;
+  /** Messages the automatic takeover rounds claimed. */
+  private claimedLive = 0;
   private handingOver?: Promise<void>;
   /**
    * Deliveries under way, as far as the bridge can tell: the envelopes
@@ -251,6 +253,7 @@ export class Backend implements QueueBackend {
       try {
         const { claimed } = await this.store.queueTakeover(this.owner, { share: true, limit: AUTO_TAKEOVER_MAX });
         if (claimed.length === 0) return;
+        this.claimedLive += claimed.length;
         const from = [...new Set(claimed.map((c) => c.from))];
         this.log.warn({ claimed: claimed.length, from }, `took over ${claimed.length} messages of dead instances (${from.join(', ')}) into the running smtpd`);
         this.reconcile();
@@ -287,6 +290,16 @@ export class Backend implements QueueBackend {
   /** Whether the lease is sure: this bridge hands out bodies, and trusts what it knows of its mail. */
   get leaseSure(): boolean {
     return this.lease.isSure();
+  }
+
+  /** Whether a drain of this instance was asked. */
+  get draining(): boolean {
+    return this.lease.isDraining;
+  }
+
+  /** Messages of dead instances the automatic takeover rounds claimed. */
+  get takenOver(): number {
+    return this.claimedLive;
   }
 
   /** Background writes not done yet. */
