@@ -247,7 +247,7 @@ export class HttpQueueStore implements QueueStore {
   }
 
   async instanceHeartbeat(instance: string, leaseMs: number, state: HeartbeatState = {}): Promise<InstanceInfo> {
-    const json = { instance, leaseMs, walkDone: state.walkDone, startedAt: state.startedAt?.toISOString(), drain: state.drain };
+    const json = { instance, leaseMs, walkDone: state.walkDone, startedAt: state.startedAt?.toISOString(), drain: state.drain, pendingWrites: state.pendingWrites };
     return (await this.json('instanceHeartbeat', Responses.instanceHeartbeat, { method: 'POST', json })).instance;
   }
 

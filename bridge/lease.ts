@@ -41,6 +41,8 @@ export class Lease {
     private readonly onRenewed: (info: InstanceInfo) => void = () => undefined,
     /** Called once when the service says a drain was asked. */
     private readonly onDrain: () => void = () => undefined,
+    /** The background writes not landed yet, which each renewal reports. */
+    private readonly pendingWrites: () => number = () => 0,
   ) {}
 
   start(): void {
@@ -76,7 +78,7 @@ export class Lease {
   private async sendRenewal(): Promise<boolean> {
     const sentAt = performance.now();
     try {
-      const info = await this.store.instanceHeartbeat(this.instance, this.leaseMs, { walkDone: this.walkDone, startedAt: this.startedAt });
+      const info = await this.store.instanceHeartbeat(this.instance, this.leaseMs, { walkDone: this.walkDone, startedAt: this.startedAt, pendingWrites: this.pendingWrites() });
       // a lapse nobody noticed (no delivery asked) is still a lapse: what was kept while sure is dropped
       this.isSure();
       this.renewedAt = Math.max(this.renewedAt, sentAt);

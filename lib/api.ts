@@ -158,6 +158,8 @@ export const Requests = {
     walkDone: z.boolean().optional(),
     startedAt: IsoDate.optional(),
     drain: z.enum(['ask', 'done']).optional(),
+    /** The bridge's background writes not landed yet: logged, for a log-based metric (docs/metrics.md). */
+    pendingWrites: z.number().int().min(0).optional(),
   }),
   queueStatus: z.strictObject({}),
   queueTakeover: z.strictObject({

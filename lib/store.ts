@@ -289,6 +289,8 @@ export interface HeartbeatState {
   walkDone?: boolean;
   startedAt?: Date;
   drain?: 'ask' | 'done';
+  /** The bridge's background writes not landed yet: the service logs it (docs/metrics.md) and stores nothing of it. */
+  pendingWrites?: number;
 }
 
 export interface TakeoverOptions {
