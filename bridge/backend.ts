@@ -168,6 +168,7 @@ export class Backend implements QueueBackend {
         if (this.autoTakeover && this.walked) this.takeOverShare();
       },
       () => this.handOver(),
+      () => this.later.pending,
     );
     this.copy = new EnvelopeCopy(options.envelopeMemoryBytes ?? 32 * 1024 * 1024, options.tmpDir, this.log);
     this.journal = options.journal;
@@ -274,6 +275,7 @@ export class Backend implements QueueBackend {
   private handOver(): void {
     this.handingOver ??= (async () => {
       this.reconciler?.stop();
+      this.reserved = [];
       const leaseMs = this.lease.leaseMs;
       const until = performance.now() + leaseMs / 2;
       while (this.delivering.size > 0 && performance.now() < until) await sleep(DRAIN_POLL_MS);
@@ -339,6 +341,8 @@ export class Backend implements QueueBackend {
   }
 
   async messageCreate(): Promise<Msgid> {
+    // its msgids are the survivors' to purge once the lease ends: smtpd tells the client to try later (another MX)
+    if (this.lease.isDraining) throw new Error('not accepting mail: this instance is drained');
     const deadline = this.deadline();
     if (this.reserved.length <= RESERVE_LOW) this.refill();
     if (this.reserved.length === 0 && this.reserving) await within(this.reserving, deadline - Date.now());

@@ -861,6 +861,7 @@ describe('a pool that heals itself: automatic takeover and drain', () => {
     await inner.instanceHeartbeat(OWNER, LEASE_MS, { drain: 'ask' });
     await until('the bridge to fence itself', () => !b.backend.leaseSure, 2_000);
     expect(await b.smtpd.messageFd(waiting.msgid)).toBeNull();
+    expect(await b.smtpd.messageCreate()).toBeNull();
     // the delivery under way holds the lease
     await sleep(LEASE_MS / 4);
     expect((await inner.instanceList()).find((i) => i.instance === OWNER)).toMatchObject({ alive: true, draining: true });
