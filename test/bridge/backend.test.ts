@@ -680,14 +680,7 @@ describe('reconcile: nothing this instance owns stays unknown to its smtpd', () 
 
   /** Messages of a dead instance, claimed for OWNER behind smtpd's back (as `queue-rest takeover` does). */
   async function claimedBehindItsBack(inner: Queue, count: number): Promise<Evpid[]> {
-    const evpids: Evpid[] = [];
-    for (let i = 0; i < count; i++) {
-      const msgid = randomMsgid();
-      const e = { evpid: randomEvpid(msgid), data: envelope(`orphan${i}@example.test`) };
-      await inner.messageCommit({ msgid, owner: 'dead', size: BODY.length, sha256: sha256hex(BODY), body: BODY, envelopes: [e] });
-      evpids.push(e.evpid);
-    }
-    await inner.instanceHeartbeat('dead', 1);
+    const evpids = await orphansOf(inner, count);
     await sleep(5);
     const { claimed } = await inner.queueTakeover(OWNER);
     expect(claimed.flatMap((c) => c.evpids).sort()).toEqual([...evpids].sort());
@@ -805,19 +798,6 @@ describe('a pool that heals itself: automatic takeover and drain', () => {
     return { asked, discover: async (evpid: Evpid) => (asked.push(evpid), 'ok' as Discovered) };
   };
 
-  /** `count` one-recipient messages of instance `dead`, whose lease then runs out. */
-  async function orphansOf(inner: Queue, count: number): Promise<Evpid[]> {
-    const evpids: Evpid[] = [];
-    for (let i = 0; i < count; i++) {
-      const msgid = randomMsgid();
-      const e = { evpid: randomEvpid(msgid), data: envelope(`orphan${i}@example.test`) };
-      await inner.messageCommit({ msgid, owner: 'dead', size: BODY.length, sha256: sha256hex(BODY), body: BODY, envelopes: [e] });
-      evpids.push(e.evpid);
-    }
-    await inner.instanceHeartbeat('dead', 1);
-    return evpids;
-  }
-
   test("a running bridge claims a dead instance's mail at its next renewal and hands it to its smtpd, with no command", async () => {
     const inner = memoryQueue();
     const fake = fakeDiscoverer();
@@ -880,6 +860,19 @@ describe('a pool that heals itself: automatic takeover and drain', () => {
     expect((await inner.queueTakeover('mx2')).claimed.map((c) => c.msgid)).toEqual([msgid]);
   });
 });
+
+/** `count` one-recipient messages of instance `dead`, whose lease then runs out. */
+async function orphansOf(inner: Queue, count: number): Promise<Evpid[]> {
+  const evpids: Evpid[] = [];
+  for (let i = 0; i < count; i++) {
+    const msgid = randomMsgid();
+    const e = { evpid: randomEvpid(msgid), data: envelope(`orphan${i}@example.test`) };
+    await inner.messageCommit({ msgid, owner: 'dead', size: BODY.length, sha256: sha256hex(BODY), body: BODY, envelopes: [e] });
+    evpids.push(e.evpid);
+  }
+  await inner.instanceHeartbeat('dead', 1);
+  return evpids;
+}
 
 async function waitFor(done: () => boolean | Promise<boolean>, ms = 2_000): Promise<void> {
   const deadline = Date.now() + ms;
