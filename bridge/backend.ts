@@ -635,6 +635,12 @@ export class Backend implements QueueBackend {
       held.set(evpid, Buffer.from(data));
       return true;
     }
+    // a drained bridge's attempts were put off by its own fence: kept from the service, the survivors
+    // get the envelope as it was, without the retry smtpd counted, and try it at once rather than minutes later
+    if (this.lease.isDraining) {
+      this.copy.set(evpid, data);
+      return true;
+    }
     const known = this.copy.has(evpid);
     // after the writes of the message still pending, or it could land before an older update of the envelope
     if (known && (this.later.busy(msgid) || this.unsent.has(evpid))) {

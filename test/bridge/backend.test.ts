@@ -842,6 +842,9 @@ describe('a pool that heals itself: automatic takeover and drain', () => {
     await until('the bridge to fence itself', () => !b.backend.leaseSure, 2_000);
     expect(await b.smtpd.messageFd(waiting.msgid)).toBeNull();
     expect(await b.smtpd.messageCreate()).toBeNull();
+    // smtpd counts the put-off attempt as a retry: the survivor gets the envelope without it
+    expect(await b.smtpd.envelopeUpdate(waiting.evpids[0], envelope('waiting@example.test', 'retry: 1\n'))).toBe(1);
+    expect(await inner.envelopeLoad(waiting.evpids[0])).toEqual(envelope('waiting@example.test'));
     // the delivery under way holds the lease
     await sleep(LEASE_MS / 4);
     expect((await inner.instanceList()).find((i) => i.instance === OWNER)).toMatchObject({ alive: true, draining: true });
