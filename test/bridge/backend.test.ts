@@ -854,6 +854,25 @@ describe('a pool that heals itself: automatic takeover and drain', () => {
     expect(claimed.map((c) => c.msgid)).toEqual([waiting.msgid]);
   });
 
+  test('with async-delete no, a drain ends the lease only once the delete smtpd is waiting for has landed', async () => {
+    const inner = memoryQueue();
+    const b = await running(inner, { leaseMs: LEASE_MS, asyncDelete: false });
+    const delivered = await b.smtpd.accept(['delivered@example.test']);
+    expect(await b.smtpd.messageFd(delivered.msgid)).toEqual(BODY);
+    await inner.instanceHeartbeat(OWNER, LEASE_MS, { drain: 'ask' });
+    await until('the bridge to fence itself', () => !b.backend.leaseSure, 2_000);
+    b.store.hang('envelopeDelete');
+    const deleted = b.smtpd.envelopeDelete(delivered.evpids[0]);
+    // past the drain's next look (every 200 ms), within the call's bound (700 ms)
+    await sleep(450);
+    expect((await inner.instanceList()).find((i) => i.instance === OWNER)?.alive).toBe(true);
+    b.store.release();
+    expect(await deleted).toBe(1);
+    await until('the lease to end', async () => !(await inner.instanceList()).find((i) => i.instance === OWNER)!.alive, 2_000);
+    // delivered, and deleted: nothing left to deliver again
+    expect((await inner.queueTakeover('mx2')).claimed).toEqual([]);
+  });
+
   test('drain-on-close: an orderly stop with every write landed hands the mail to the survivors at once', async () => {
     const inner = memoryQueue();
     const b = await running(inner, { leaseMs: 60_000, drainOnClose: true });
