@@ -1,7 +1,9 @@
+import { setTimeout as sleep } from 'node:timers/promises';
 import { parseArgs } from 'node:util';
 import { DIGEST_SHOWN } from '../lib/api';
+import { QueueError } from '../lib/errors';
 import { isMsgid } from '../lib/ids';
-import type { Envelope } from '../lib/store';
+import type { Envelope, InstanceInfo, QueueCount } from '../lib/store';
 import { HttpQueueStore } from './client';
 import { loadBridgeConfig } from './config';
 import { idTokensFor } from './id-tokens';
@@ -19,21 +21,26 @@ import { idTokensFor } from './id-tokens';
  *   queue-rest show ARG MSGID             a message and its envelopes
  *   queue-rest takeover ARG [options]     claim the messages of dead instances for a live
  *                                         instance, whose bridge hands them to its smtpd
+ *   queue-rest drain ARG [--instance ID]  hand a live instance's mail to the others now
  *   queue-rest credential issue INSTANCE ARG | issue --admin ARG | revoke INSTANCE|DIGEST ARG | list ARG
  *                                         the credentials of QUEUE_AUTH=tokens
  */
-export const ADMIN_COMMANDS = ['status', 'list', 'show', 'takeover', 'credential'] as const;
+export const ADMIN_COMMANDS = ['status', 'list', 'show', 'takeover', 'drain', 'credential'] as const;
 
 const USAGE = `usage: queue-rest status URL|CONFIG [--json]
        queue-rest list URL|CONFIG [--owner ID] [--json]
        queue-rest show URL|CONFIG MSGID [--json]
        queue-rest takeover URL|CONFIG [--instance ID] [--from ID,...] [--dry-run] [--json]
+       queue-rest drain URL|CONFIG [--instance ID] [--wait SECONDS] [--json]
        queue-rest credential issue INSTANCE URL|CONFIG [--json]
        queue-rest credential issue --admin URL|CONFIG [--json]
        queue-rest credential revoke INSTANCE|DIGEST URL|CONFIG [--json]
        queue-rest credential list URL|CONFIG [--json]`;
 
 type Print = (json: unknown, text: () => string) => void;
+
+/** How often `drain` looks at the pool. */
+const DRAIN_POLL_MS = 250;
 
 export async function admin(argv: string[]): Promise<number> {
   const { values, positionals } = parseArgs({
@@ -44,6 +51,7 @@ export async function admin(argv: string[]): Promise<number> {
       owner: { type: 'string' },
       from: { type: 'string' },
       'dry-run': { type: 'boolean', default: false },
+      wait: { type: 'string' },
       admin: { type: 'boolean', default: false },
       json: { type: 'boolean', default: false },
     },
@@ -68,14 +76,18 @@ export async function admin(argv: string[]): Promise<number> {
       const { instances, counts } = await store.queueStatus();
       print({ instances, counts }, () =>
         [
-          'instance             alive  lease ends (s)  walk done  started',
+          'instance             lease      ends (s)  walk done  started',
           ...instances.map(
             (i) =>
-              `${i.instance.padEnd(20)} ${(i.alive ? 'yes' : 'NO').padEnd(6)} ${String(Math.round((i.leaseUntil.getTime() - Date.now()) / 1000)).padStart(14)}  ${(i.walkDone ? 'yes' : 'no').padEnd(9)}  ${i.startedAt.toISOString()}`,
+              `${i.instance.padEnd(20)} ${leaseState(i).padEnd(9)} ${String(Math.round((i.leaseUntil.getTime() - Date.now()) / 1000)).padStart(9)}  ${(i.walkDone ? 'yes' : 'no').padEnd(9)}  ${i.startedAt.toISOString()}`,
           ),
           '',
-          'owner                state      messages',
-          ...counts.map((c) => `${c.owner.padEnd(20)} ${c.state.padEnd(10)} ${String(c.messages).padStart(8)}`),
+          'owner                lease      state      messages  oldest (s)',
+          ...counts.map((c) => {
+            const owner = instances.find((i) => i.instance === c.owner);
+            const oldest = c.oldestAt ? String(Math.round((Date.now() - c.oldestAt.getTime()) / 1000)) : '-';
+            return `${c.owner.padEnd(20)} ${(owner ? leaseState(owner) : '-').padEnd(9)}  ${c.state.padEnd(10)} ${String(c.messages).padStart(8)}  ${oldest.padStart(10)}`;
+          }),
           '',
         ].join('\n'),
       );
@@ -113,6 +125,11 @@ export async function admin(argv: string[]): Promise<number> {
       return 0;
     }
     if (command === 'takeover') return await takeover(store, values.instance ?? config.instance, values.from?.split(','), values['dry-run'], print);
+    if (command === 'drain') {
+      const waitMs = values.wait === undefined ? 2 * config.leaseMs + 30_000 : Number(values.wait) * 1000;
+      if (!(waitMs >= 0)) throw new Error('--wait takes a number of seconds');
+      return await drain(store, values.instance ?? config.instance, config.leaseMs, waitMs, print);
+    }
     if (command === 'credential' && rest.length > 0) return await credential(store, rest, values.admin, print);
     process.stderr.write(`${USAGE}\n`);
     return 2;
@@ -150,6 +167,56 @@ async function takeover(
   }
   print({ instance, claimed, purged }, () => `${instance}: ${claimed.length} envelopes taken over (its bridge hands them to its smtpd), ${purged} uncommitted messages purged\n`);
   return 0;
+}
+
+/**
+ * Hands a live instance's mail to the others now (docs/pool.md: Planned
+ * drain): asks the drain, which the instance's bridge learns at its next
+ * renewal (within a quarter lease); it fences itself, waits for its
+ * deliveries under way, and ends its lease; the survivors' automatic
+ * takeover rounds then claim its mail. The command waits until the
+ * instance owns no queued mail, and says how long each step took.
+ */
+async function drain(store: HttpQueueStore, instance: string, leaseMs: number, waitMs: number, print: Print): Promise<number> {
+  const t0 = Date.now();
+  const queuedOf = (counts: QueueCount[]) => counts.find((c) => c.owner === instance && c.state === 'queued')?.messages ?? 0;
+  const first = await store.queueStatus();
+  const target = first.instances.find((i) => i.instance === instance);
+  if (!target?.alive) {
+    process.stderr.write(`drain: ${instance} holds no lease: nothing to drain (its mail goes to the survivors; see queue-rest takeover)\n`);
+    return 1;
+  }
+  const messages = queuedOf(first.counts);
+  let leaseEndedAfterMs: number | undefined;
+  for (;;) {
+    const { instances, counts } = await store.queueStatus();
+    const now = instances.find((i) => i.instance === instance)!;
+    // asked again until it holds: a renewal racing the ask may have overwritten it (lib/queue.ts instanceHeartbeat)
+    if (now.alive && !now.draining) await store.instanceHeartbeat(instance, leaseMs, { drain: 'ask' }).catch(ignoreNoLease);
+    if (!now.alive) leaseEndedAfterMs ??= Date.now() - t0;
+    const left = queuedOf(counts);
+    if (!now.alive && left === 0) break;
+    if (Date.now() - t0 > waitMs) {
+      const where = now.alive ? 'its lease still holds (is its bridge running this version?)' : `${left} messages are not claimed yet (is another instance alive?)`;
+      process.stderr.write(`drain: ${instance} not drained after ${Math.round(waitMs / 1000)} s: ${where}\n`);
+      return 1;
+    }
+    await sleep(DRAIN_POLL_MS);
+  }
+  const handedOverAfterMs = Date.now() - t0;
+  print({ instance, messages, leaseEndedAfterMs, handedOverAfterMs }, () => `${instance}: drained; its lease ended after ${(leaseEndedAfterMs! / 1000).toFixed(1)} s, its ${messages} queued messages were the others' after ${(handedOverAfterMs / 1000).toFixed(1)} s\n`);
+  return 0;
+}
+
+/** The instance's lease ended between the status and the ask: nothing left to ask. */
+function ignoreNoLease(err: unknown): void {
+  if (err instanceof QueueError && err.code === 'conflict' && err.details.reason === 'no_lease') return;
+  throw err;
+}
+
+function leaseState(i: InstanceInfo): string {
+  if (i.draining) return i.alive ? 'draining' : 'drained';
+  return i.alive ? 'alive' : 'EXPIRED';
 }
 
 /**

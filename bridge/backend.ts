@@ -43,6 +43,10 @@ export interface BackendOptions {
   discoverer?: SmtpdDiscover;
   /** Where writes answered before they landed are kept until they do, and replayed from at start; none: a bridge killed before they land loses them. */
   journal?: WriteJournal;
+  /** auto: with a discoverer, take a share of dead instances' mail at every renewal; start: only at start-up (default: auto). */
+  takeover?: 'auto' | 'start';
+  /** Hand this instance's mail to the survivors when smtpd closes the queue (default: no, the lease runs out). */
+  drainOnClose?: boolean;
 }
 
 const RESERVE_LOW = 4;
@@ -54,6 +58,10 @@ const WRITE_BEHIND_MAX = 10_000;
 const NO_ENVELOPE = Buffer.alloc(0);
 /** How long the walk waits for the replay of an earlier run's pending writes; deletes are kept out of the walk either way. */
 const REPLAY_WAIT_MS = 60_000;
+/** Orphans one automatic takeover round claims at most, whatever the share. */
+const AUTO_TAKEOVER_MAX = 200;
+/** How often a drain looks whether the deliveries under way are over. */
+const DRAIN_POLL_MS = 200;
 
 /**
  * The queue as smtpd sees it, on top of the queue API. What makes it one
@@ -121,6 +129,19 @@ export class Backend implements QueueBackend {
   /** Messages claimed for this instance so far, as its last heartbeat said. */
   private claimsSeen?: number;
   private closed = false;
+  private readonly autoTakeover: boolean;
+  private readonly drainOnClose: boolean;
+  private walked = false;
+  private takingOver?: Promise<void>;
+  /** Messages the automatic takeover rounds claimed. */
+  private claimedLive = 0;
+  private handingOver?: Promise<void>;
+  /**
+   * Deliveries under way, as far as the bridge can tell: the envelopes
+   * smtpd had of each message whose body it was handed, until smtpd deletes
+   * or updates each (the delivery's outcome). A drain waits for them.
+   */
+  private readonly delivering = new Map<Msgid, { evpids: Set<Evpid>; at: number }>();
 
   constructor(options: BackendOptions) {
     this.store = options.store;
@@ -128,6 +149,8 @@ export class Backend implements QueueBackend {
     this.log = options.log;
     this.files = new BodyFiles(options.tmpDir);
     this.initWaitMs = options.initWaitMs ?? 3_000;
+    this.autoTakeover = (options.takeover ?? 'auto') === 'auto' && options.discoverer !== undefined;
+    this.drainOnClose = options.drainOnClose ?? false;
     this.later = new WriteBehind(options.log, undefined, options.writeRetryMs);
     this.asyncDelete = options.asyncDelete ?? true;
     const retryBudgetMs = options.retryBudgetMs ?? 15_000;
@@ -147,7 +170,10 @@ export class Backend implements QueueBackend {
         // a takeover (this bridge's, or `queue-rest takeover` for this instance) gave it mail its smtpd does not know
         if (this.claimsSeen !== undefined && info.claims !== this.claimsSeen) this.reconcile();
         this.claimsSeen = info.claims;
+        if (this.autoTakeover && this.walked) this.takeOverShare();
       },
+      () => this.handOver(),
+      () => this.later.pending,
     );
     this.copy = new EnvelopeCopy(options.envelopeMemoryBytes ?? 32 * 1024 * 1024, options.tmpDir, this.log);
     this.journal = options.journal;
@@ -167,6 +193,7 @@ export class Backend implements QueueBackend {
       });
     }
     this.walk = new StartupWalk(() => {
+      this.walked = true;
       this.lease.markWalkDone();
       // a round asked for while the walk ran (claims made after its snapshot) runs now
       this.reconciler?.start();
@@ -219,9 +246,70 @@ export class Backend implements QueueBackend {
     if (claimed > 0 || purged > 0) this.log.warn({ claimed, purged }, `took over ${claimed} messages of dead instances`);
   }
 
+  /**
+   * One round of automatic takeover, at a renewal: this instance's share of
+   * each dead instance's orphans (lib/queue.ts claimShare), so that the
+   * survivors' rounds spread them, handed to smtpd by a reconcile round at
+   * once. Never while the lease is unsure or draining: mail claimed then
+   * would wait for a delivery this instance cannot make.
+   */
+  private takeOverShare(): void {
+    if (this.takingOver || this.closed || !this.lease.isSure()) return;
+    this.takingOver = (async () => {
+      try {
+        const { claimed } = await this.store.queueTakeover(this.owner, { share: true, limit: AUTO_TAKEOVER_MAX });
+        if (claimed.length === 0) return;
+        this.claimedLive += claimed.length;
+        const from = [...new Set(claimed.map((c) => c.from))];
+        this.log.warn({ claimed: claimed.length, from }, `took over ${claimed.length} messages of dead instances (${from.join(', ')}) into the running smtpd`);
+        this.reconcile();
+      } catch (err) {
+        this.log.warn({ err }, 'automatic takeover round failed; the next renewal tries again');
+      }
+    })().finally(() => (this.takingOver = undefined));
+  }
+
+  /**
+   * A drain was asked (docs/pool.md: Planned drain). The lease already
+   * fences this bridge: no body is handed out from now on, so smtpd starts
+   * no delivery. The bridge waits for the deliveries under way to end (at
+   * most half a lease, as long as a lapse gives them) and for its background
+   * writes to land (a delete not landed would have the survivors deliver
+   * again), then ends its lease, and the survivors claim the mail at once.
+   */
+  private handOver(): void {
+    this.handingOver ??= (async () => {
+      this.reconciler?.stop();
+      this.reserved = [];
+      const leaseMs = this.lease.leaseMs;
+      const until = performance.now() + leaseMs / 2;
+      while (this.delivering.size > 0 && performance.now() < until) await sleep(DRAIN_POLL_MS);
+      if (this.delivering.size > 0) this.log.warn({ messages: this.delivering.size }, `drain: ${this.delivering.size} deliveries still under way after half a lease; handing over anyway, as a lapse would`);
+      const settleBy = performance.now() + Math.max(until - performance.now(), this.drainMs);
+      const left = await this.later.settle(settleBy - performance.now());
+      // a delete sent while smtpd waited (async-delete no) is not a background write
+      while (this.deleting.size > 0 && performance.now() < settleBy) await sleep(DRAIN_POLL_MS);
+      if (left > 0 || this.deleting.size > 0) {
+        this.log.error({ left, deleting: this.deleting.size }, `drain: ${left + this.deleting.size} writes have not landed; the lease runs out instead of ending now`);
+        return;
+      }
+      if (await this.lease.end()) this.log.warn(`drain: lease of ${this.owner} ended; the survivors take its mail`);
+    })();
+  }
+
   /** Whether the lease is sure: this bridge hands out bodies, and trusts what it knows of its mail. */
   get leaseSure(): boolean {
     return this.lease.isSure();
+  }
+
+  /** Whether a drain of this instance was asked. */
+  get draining(): boolean {
+    return this.lease.isDraining;
+  }
+
+  /** Messages of dead instances the automatic takeover rounds claimed. */
+  get takenOver(): number {
+    return this.claimedLive;
   }
 
   /** Background writes not done yet. */
@@ -246,6 +334,10 @@ export class Backend implements QueueBackend {
       const fate = this.journal ? 'the next start replays them from the journal' : 'without a journal, their mail may be delivered again after a restart';
       this.log.warn({ left }, `${left} background writes were not done; ${fate}`);
     }
+    // smtpd is stopping: nothing is delivered here any more; with every delete landed, the survivors may take the rest
+    if (this.drainOnClose && left === 0 && !this.lease.isDraining && Date.now() < deadline) {
+      if (await this.lease.drainNow()) this.log.warn(`drained on close: lease of ${this.owner} ended; the survivors take its mail`);
+    }
     if (this.reserved.splice(0).length > 0 && Date.now() < deadline) {
       try {
         await this.bounded(this.store.messagePurge(this.owner, [...this.incoming.keys()]), deadline, 'release of reserved msgids');
@@ -257,6 +349,8 @@ export class Backend implements QueueBackend {
   }
 
   async messageCreate(): Promise<Msgid> {
+    // its msgids are the survivors' to purge once the lease ends: smtpd tells the client to try later (another MX)
+    if (this.lease.isDraining) throw new Error('not accepting mail: this instance is drained');
     const deadline = this.deadline();
     if (this.reserved.length <= RESERVE_LOW) this.refill();
     if (this.reserved.length === 0 && this.reserving) await within(this.reserving, deadline - Date.now());
@@ -343,7 +437,26 @@ export class Backend implements QueueBackend {
       if (isFinal(err)) this.copy.deleteMessage(msgid);
       throw err;
     }
-    return this.files.open(body);
+    // a drain that began during the read may be ending the lease already: it has not seen this delivery
+    if (!this.lease.isSure()) throw new Error(`not delivering ${msgid}: the lease stopped being sure while its body was read`);
+    const fd = this.files.open(body);
+    this.deliveryStarts(msgid);
+    return fd;
+  }
+
+  private deliveryStarts(msgid: Msgid): void {
+    const now = performance.now();
+    // an outcome smtpd never told (it crashed, say) is not waited for beyond a lease
+    for (const [m, d] of this.delivering) if (now - d.at > this.lease.leaseMs) this.delivering.delete(m);
+    const evpids = this.copy.evpidsOf(msgid);
+    if (evpids.length > 0) this.delivering.set(msgid, { evpids: new Set(evpids), at: now });
+  }
+
+  /** smtpd deleted or updated the envelope: its delivery attempt, if one was under way, is over. */
+  private deliveryEnds(evpid: Evpid): void {
+    const msgid = msgidOf(evpid);
+    const d = this.delivering.get(msgid);
+    if (d?.evpids.delete(evpid) && d.evpids.size === 0) this.delivering.delete(msgid);
   }
 
   async envelopeCreate(msgid: Msgid, data: Buffer): Promise<Evpid> {
@@ -427,6 +540,7 @@ export class Backend implements QueueBackend {
     const msgid = msgidOf(evpid);
     const held = this.incoming.get(msgid);
     this.smtpdHas.delete(evpid);
+    this.deliveryEnds(evpid);
     if (held) return held.delete(evpid);
     const deadline = this.deadline();
     this.forget(evpid);
@@ -571,9 +685,16 @@ export class Backend implements QueueBackend {
    */
   async envelopeUpdate(evpid: Evpid, data: Buffer): Promise<boolean> {
     const msgid = msgidOf(evpid);
+    this.deliveryEnds(evpid);
     const held = this.incoming.get(msgid);
     if (held?.has(evpid)) {
       held.set(evpid, Buffer.from(data));
+      return true;
+    }
+    // a drained bridge's attempts were put off by its own fence: kept from the service, the survivors
+    // get the envelope as it was, without the retry smtpd counted, and try it at once rather than minutes later
+    if (this.lease.isDraining) {
+      this.copy.set(evpid, data);
       return true;
     }
     const known = this.copy.has(evpid);

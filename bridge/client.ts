@@ -19,6 +19,7 @@ import {
   type Commit,
   type Envelope,
   type EnvelopeUpdate,
+  type HeartbeatState,
   type InstanceInfo,
   type Limits,
   type MessageInfo,
@@ -30,6 +31,7 @@ import {
   type QueueStore,
   type ReadRange,
   type Takeover,
+  type TakeoverOptions,
 } from '../lib/store';
 
 /**
@@ -261,8 +263,8 @@ export class HttpQueueStore implements QueueStore {
     return (await this.json('messagePurge', Responses.messagePurge, { method: 'POST', json: { owner, keep } })).purged;
   }
 
-  async instanceHeartbeat(instance: string, leaseMs: number, state: { walkDone?: boolean; startedAt?: Date } = {}): Promise<InstanceInfo> {
-    const json = { instance, leaseMs, walkDone: state.walkDone, startedAt: state.startedAt?.toISOString() };
+  async instanceHeartbeat(instance: string, leaseMs: number, state: HeartbeatState = {}): Promise<InstanceInfo> {
+    const json = { instance, leaseMs, walkDone: state.walkDone, startedAt: state.startedAt?.toISOString(), drain: state.drain, pendingWrites: state.pendingWrites };
     return (await this.json('instanceHeartbeat', Responses.instanceHeartbeat, { method: 'POST', json })).instance;
   }
 
@@ -270,7 +272,7 @@ export class HttpQueueStore implements QueueStore {
     return (await this.queueStatus()).instances;
   }
 
-  async queueTakeover(claimant: string, options: { from?: string[]; limit?: number } = {}): Promise<Takeover> {
+  async queueTakeover(claimant: string, options: TakeoverOptions = {}): Promise<Takeover> {
     // a takeover claims many messages in several transactions
     const timeoutMs = Math.max(this.timeoutMs, TAKEOVER_TIMEOUT_MS);
     return this.json('queueTakeover', Responses.queueTakeover, { method: 'POST', json: { owner: claimant, ...options }, timeoutMs, answerMax: LARGEST_ANSWER_MAX });

@@ -47,6 +47,12 @@ export interface BridgeConfig {
   leaseMs: number;
   /** The service's limits; the largest body (its QUEUE_MAX_MESSAGE_BYTES) caps what the bridge reads of a body. */
   limits: Limits;
+  /** auto: take a share of dead instances' mail into the running smtpd at every renewal; start: only at start-up. */
+  takeover: 'auto' | 'start';
+  /** Hand this instance's mail to the survivors when smtpd stops (docs/pool.md: Planned drain). */
+  drainOnClose: boolean;
+  /** Where the counters go in Prometheus's text format, for node_exporter's textfile collector. */
+  metricsFile?: string;
 }
 
 const KEYS = [
@@ -72,6 +78,9 @@ const KEYS = [
   'async-delete',
   'lease',
   'max-message-size',
+  'takeover',
+  'drain-on-close',
+  'metrics-file',
 ] as const;
 
 export const DEFAULT_STATE_DIR = '/var/lib/opensmtpd-queue-rest';
@@ -101,6 +110,9 @@ const Settings = z.object({
   'async-delete': z.enum(['yes', 'no']).default('yes'),
   lease: z.coerce.number().int().min(1000).default(60_000),
   'max-message-size': z.coerce.number().int().min(1).default(DEFAULT_LIMITS.maxMessageBytes),
+  takeover: z.enum(['auto', 'start']).default('auto'),
+  'drain-on-close': z.enum(['yes', 'no']).default('no'),
+  'metrics-file': z.string().optional(),
 });
 
 export class BridgeConfigError extends Error {
@@ -165,6 +177,9 @@ export function loadBridgeConfig(arg: string | undefined, env: NodeJS.ProcessEnv
     asyncDelete: s['async-delete'] === 'yes',
     leaseMs: s.lease,
     limits: { ...DEFAULT_LIMITS, maxMessageBytes: s['max-message-size'] },
+    takeover: s.takeover,
+    drainOnClose: s['drain-on-close'] === 'yes',
+    metricsFile: s['metrics-file'],
   };
 }
 

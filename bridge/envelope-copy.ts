@@ -50,6 +50,11 @@ export class EnvelopeCopy {
     return this.byMessage.has(msgid);
   }
 
+  /** The envelopes of the message that are here. */
+  evpidsOf(msgid: Msgid): Evpid[] {
+    return [...(this.byMessage.get(msgid) ?? [])];
+  }
+
   get(evpid: Evpid): Buffer | undefined {
     const kept = this.inMemory.get(evpid);
     if (kept) return kept;

@@ -6,6 +6,7 @@ import { HttpQueueStore } from './client';
 import { BridgeConfigError, loadBridgeConfig, type BridgeConfig } from './config';
 import { BridgeCounters } from './counters';
 import { defaultLogTarget, openBridgeLog } from './logging';
+import { promText, writeAtomically } from './metrics';
 import type { UserIds } from './privileges';
 import { dispatch, failureReply, PROC, PROC_NAMES, type QueueBackend } from './protocol';
 import { bridgeUser, RootSetup } from './root-setup';
@@ -71,6 +72,8 @@ export async function serve(arg: string | undefined): Promise<void> {
       leaseMs: config.leaseMs,
       discoverer: root.discoverer,
       journal: root.journal,
+      takeover: config.takeover,
+      drainOnClose: config.drainOnClose,
     });
     log.info({ url: config.url, auth: config.auth, imsg: config.imsg }, `queue-rest ${config.instance} serving smtpd with ${config.url}`);
   } catch (err) {
@@ -82,7 +85,22 @@ export async function serve(arg: string | undefined): Promise<void> {
   }
 
   const snapshot = () => counters.snapshot(bridge?.pendingWrites ?? 0);
+  let metricsFailing = false;
+  const writeMetrics = () => {
+    if (!config?.metricsFile) return;
+    const pool = { leaseSure: bridge?.leaseSure ?? false, draining: bridge?.draining ?? false, localEnvelopes: bridge?.localEnvelopes.envelopes ?? 0, takenOver: bridge?.takenOver ?? 0 };
+    try {
+      writeAtomically(config.metricsFile, promText(snapshot(), pool));
+      if (metricsFailing) log.info(`metrics written to ${config.metricsFile} again`);
+      metricsFailing = false;
+    } catch (err) {
+      // said once, not every 5 s
+      if (!metricsFailing) log.error({ err }, `cannot write the metrics to ${config.metricsFile}: its folder must be writable by the bridge's user`);
+      metricsFailing = true;
+    }
+  };
   const writeStats = () => {
+    writeMetrics();
     if (root.statsFd === undefined) return;
     try {
       ftruncateSync(root.statsFd, 0);

@@ -49,10 +49,16 @@ export class WriteBehind {
 
   /** Waits up to `ms` for everything queued, then stops retrying; answers how many were left. */
   async drain(ms: number): Promise<number> {
+    const left = await this.settle(ms);
+    this.stopped = true;
+    return left;
+  }
+
+  /** Waits up to `ms` for everything queued, which goes on either way; answers how many were left. */
+  async settle(ms: number): Promise<number> {
     let timer: NodeJS.Timeout | undefined;
     await Promise.race([Promise.all(this.chains.values()), new Promise<void>((resolve) => (timer = setTimeout(resolve, Math.max(ms, 0))))]);
     clearTimeout(timer);
-    this.stopped = true;
     return this.pending;
   }
 

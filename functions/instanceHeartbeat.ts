@@ -6,8 +6,8 @@ import { service } from '../lib/service';
 export const instanceHeartbeat = endpoint(
   'instanceHeartbeat',
   { method: 'POST', from: 'json', input: Requests.instanceHeartbeat, access: { self: 'instance' } },
-  async ({ instance, leaseMs, ...state }) => {
+  async ({ instance, leaseMs, pendingWrites, ...state }) => {
     const info = await service().store.instanceHeartbeat(instance, leaseMs, state);
-    return { status: 200, json: { instance: toInstanceJson(info) } };
+    return { status: 200, json: { instance: toInstanceJson(info) }, log: { instance, leaseMs, pendingWrites, draining: info.draining } };
   },
 );

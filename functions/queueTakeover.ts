@@ -8,6 +8,6 @@ export const queueTakeover = endpoint(
   { method: 'POST', from: 'json', input: Requests.queueTakeover, access: { self: 'owner' } },
   async ({ owner, ...options }) => {
     const takeover = await service().store.queueTakeover(owner, options);
-    return { status: 200, json: takeover };
+    return { status: 200, json: takeover, log: { claimed: takeover.claimed.length, purged: takeover.purged, more: takeover.more } };
   },
 );

@@ -76,6 +76,7 @@ export const toInstanceJson = (i: InstanceInfo) => ({
   walkDone: i.walkDone,
   alive: i.alive,
   claims: i.claims,
+  draining: i.draining,
 });
 
 const IsoDate = z.iso.datetime().transform((s) => new Date(s));
@@ -88,6 +89,7 @@ export const InstanceJson = z.object({
   walkDone: z.boolean(),
   alive: z.boolean(),
   claims: z.number().int().min(0).default(0),
+  draining: z.boolean().default(false),
 });
 
 /** How much of a credential's digest is shown, and the least of it credentialRevoke takes. */
@@ -158,12 +160,16 @@ export const Requests = {
     leaseMs: z.number().int().min(1000).max(24 * 3600 * 1000),
     walkDone: z.boolean().optional(),
     startedAt: IsoDate.optional(),
+    drain: z.enum(['ask', 'done']).optional(),
+    /** The bridge's background writes not landed yet: logged, for a log-based metric (docs/metrics.md). */
+    pendingWrites: z.number().int().min(0).optional(),
   }),
   queueStatus: z.strictObject({}),
   queueTakeover: z.strictObject({
     owner: Owner,
     from: z.array(Owner).min(1).max(100).optional(),
     limit: z.number().int().min(1).max(TAKEOVER_MAX).optional(),
+    share: z.boolean().optional(),
   }),
   credentialIssue: z.discriminatedUnion('role', [z.strictObject({ role: z.literal('mx'), instance: Owner }), z.strictObject({ role: z.literal('admin') })]),
   credentialRevoke: z.union([
@@ -188,7 +194,7 @@ export const Responses = {
   instanceHeartbeat: z.object({ instance: InstanceJson }),
   queueStatus: z.object({
     instances: z.array(InstanceJson),
-    counts: z.array(z.object({ owner: z.string(), state: z.enum(['incoming', 'queued', 'corrupt']), messages: z.number() })),
+    counts: z.array(z.object({ owner: z.string(), state: z.enum(['incoming', 'queued', 'corrupt']), messages: z.number(), oldestAt: IsoDate.optional() })),
   }),
   queueTakeover: z.object({
     claimed: z.array(z.object({ msgid: Msgid, from: z.string(), evpids: z.array(Evpid) })),

@@ -25,6 +25,8 @@ export interface Reply {
   json?: unknown;
   bytes?: Buffer;
   headers?: Record<string, string>;
+  /** Fields for the request's log line, for log-based metrics (docs/metrics.md). */
+  log?: Record<string, unknown>;
 }
 
 export type Access = 'admin' | { self: 'owner' | 'instance' };
@@ -179,12 +181,18 @@ export function endpoint<S extends z.ZodType>(
   return handler;
 }
 
+/** A log line of its own beside the request's, e.g. one per owner for a log-based metric by owner (docs/metrics.md). */
+export function logEvent(event: string, fields: Record<string, unknown>, message: string): void {
+  logger().info({ event, ...fields }, message);
+}
+
 /** One log line per request, in Cloud Logging's shape. */
 function logRequest(name: string, req: Request, reply: Reply, failure: unknown, started: bigint, fields: Record<string, unknown>): void {
   const latency = Number(process.hrtime.bigint() - started) / 1e9;
   const line = {
     function: name,
     ...fields,
+    ...reply.log,
     latencyMs: Math.round(latency * 1e4) / 10,
     httpRequest: {
       requestMethod: req.method,

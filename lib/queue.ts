@@ -55,7 +55,9 @@ import {
   type QueueCount,
   type QueueStore,
   type ReadRange,
+  type HeartbeatState,
   type Takeover,
+  type TakeoverOptions,
 } from './store';
 
 export interface QueueOptions {
@@ -345,16 +347,11 @@ export class Queue implements QueueStore {
     return purged;
   }
 
-  async instanceHeartbeat(instance: string, leaseMs: number, state: { walkDone?: boolean; startedAt?: Date } = {}): Promise<InstanceInfo> {
+  async instanceHeartbeat(instance: string, leaseMs: number, state: HeartbeatState = {}): Promise<InstanceInfo> {
+    // one write, not a transaction: a renewal racing a drain's ask may overwrite it, and `queue-rest drain` asks again
     const found = await this.storage.get([key.instance(instance), key.claims(instance)]);
     const now = new Date();
-    const data = {
-      leaseUntil: new Date(now.getTime() + leaseMs),
-      heartbeatAt: now,
-      // an instance that does not say when it started keeps what it said before
-      startedAt: state.startedAt ?? found.get(key.instance(instance))?.startedAt ?? now,
-      walkDone: state.walkDone ? 1 : 0,
-    };
+    const data = heartbeatRecord(instance, found.get(key.instance(instance)), leaseMs, state, now);
     await this.storage.write({ put: [{ key: key.instance(instance), data }] });
     await this.sweepTombstones();
     return toInstance(instance, data, now.getTime(), found.get(key.claims(instance)));
@@ -367,25 +364,27 @@ export class Queue implements QueueStore {
     return rows.map((row) => toInstance(row.key.id, row.data, now, claimsOf.get(row.key.id))).sort((a, b) => a.instance.localeCompare(b.instance));
   }
 
-  async queueTakeover(claimant: string, options: { from?: string[]; limit?: number } = {}): Promise<Takeover> {
+  async queueTakeover(claimant: string, options: TakeoverOptions = {}): Promise<Takeover> {
     const limit = Math.min(Math.max(options.limit ?? TAKEOVER_DEFAULT, 1), TAKEOVER_MAX);
     const expired = await this.storage.queryKeys({ kind: 'Instance', before: { field: 'leaseUntil', time: new Date() } });
     const dead = expired.map((k) => k.id).filter((i) => i !== claimant && (!options.from || options.from.includes(i)));
     const result: Takeover = { claimed: [], purged: 0, more: false };
+    const live = options.share && dead.length > 0 ? await this.liveInstances(claimant) : 1;
     for (const owner of dead) {
       result.purged += await this.messagePurge(owner);
-      const wanted = limit - result.claimed.length;
+      const left = limit - result.claimed.length;
       // one more than wanted tells whether orphans are left once this page is full
-      const orphans = await this.storage.queryKeys({ kind: 'Message', equal: { owner, state: 'queued' }, limit: wanted + 1 });
+      const orphans = await this.storage.queryKeys({ kind: 'Message', equal: { owner, state: 'queued' }, limit: options.share ? TAKEOVER_MAX + 1 : left + 1 });
+      const wanted = Math.min(left, options.share ? claimShare(orphans.length, live) : left);
       // in a random order, so that claimants racing for the same orphans mostly take different ones
-      const msgids = shuffle(orphans.slice(0, wanted).map((k) => k.id));
+      const msgids = shuffle(orphans.map((k) => k.id)).slice(0, wanted);
       for (let i = 0; i < msgids.length; i += CLAIM_BATCH) {
         const claimed = await this.claim(msgids.slice(i, i + CLAIM_BATCH), owner, claimant);
         for (const [msgid, evpids] of await this.envelopeLists(claimed)) result.claimed.push({ msgid, from: owner, evpids });
       }
       if (orphans.length > wanted) {
         result.more = true;
-        break;
+        if (result.claimed.length >= limit) break;
       }
     }
     return result;
@@ -401,12 +400,18 @@ export class Queue implements QueueStore {
       ...incomingOwners.map((owner) => ({ owner, state: 'incoming' as const })),
     ];
     const counts = await Promise.all(
-      wanted.map(({ owner, state }) =>
-        state === 'incoming' ? this.storage.count({ kind: 'Incoming', equal: { owner } }) : this.storage.count({ kind: 'Message', equal: { owner, state } }),
-      ),
+      wanted.map(async ({ owner, state }) => {
+        if (state === 'incoming') return { messages: await this.storage.count({ kind: 'Incoming', equal: { owner } }) };
+        const mail = { kind: 'Message' as const, equal: { owner, state } };
+        // the oldest needs index.yaml's composite index: while Datastore still builds it, the counts come without it
+        const earliest = this.storage.query({ ...mail, earliestFirst: 'createdAt', limit: 1 }).catch(() => []);
+        const [messages, [oldest]] = await Promise.all([this.storage.count(mail), earliest]);
+        const oldestAt = oldest && committedRecord(oldest.data)?.createdAt;
+        return { messages, ...(oldestAt && { oldestAt }) };
+      }),
     );
     return wanted
-      .map((count, i) => ({ ...count, messages: counts[i] }))
+      .map((count, i) => ({ ...count, ...counts[i] }))
       .filter((count) => count.messages > 0)
       .sort((a, b) => a.owner.localeCompare(b.owner) || a.state.localeCompare(b.state));
   }
@@ -557,6 +562,13 @@ export class Queue implements QueueStore {
     }
   }
 
+  /** How many instances hold a lease and are not draining, the claimant counted among them. */
+  private async liveInstances(claimant: string): Promise<number> {
+    const now = Date.now();
+    const rows = await this.storage.query({ kind: 'Instance' });
+    return Math.max(rows.filter((row) => row.key.id === claimant || (row.data.leaseUntil.getTime() > now && !row.data.draining)).length, 1);
+  }
+
   private tombstone(msgid: Msgid, owner: string | null): Row<'Message'> {
     const deletedAt = new Date();
     const expiresAt = new Date(deletedAt.getTime() + this.limits.tombstoneMs);
@@ -650,6 +662,41 @@ function ignoreNotFound(err: unknown): undefined {
 function recommit(info: MessageInfo, commit: Commit): { created: boolean } {
   if (isSameCommit(info, commit)) return { created: false };
   throw conflict(`message ${commit.msgid} is already committed with another body`, { msgid: commit.msgid });
+}
+
+/**
+ * What one claimant takes of a dead instance's orphans in a round of
+ * automatic takeovers: its share among the live instances, at least one,
+ * so that the survivors' rounds spread them.
+ */
+export function claimShare(orphans: number, live: number): number {
+  return Math.ceil(orphans / Math.max(live, 1));
+}
+
+/**
+ * An instance's record after a heartbeat (lib/store.ts instanceHeartbeat):
+ * a renewal, a drain asked or done, or a refusal while draining.
+ */
+function heartbeatRecord(instance: string, stored: Records['Instance'] | undefined, leaseMs: number, state: HeartbeatState, now: Date): Records['Instance'] {
+  if (state.drain === 'ask') {
+    if (!stored) throw notFound('instance', instance);
+    if (stored.leaseUntil <= now) throw conflict(`instance ${instance} holds no lease: nothing to drain`, { instance, reason: 'no_lease' });
+    return { ...stored, draining: 1 };
+  }
+  const restarted = state.startedAt !== undefined && stored !== undefined && state.startedAt.getTime() > stored.startedAt.getTime();
+  if (stored?.draining && !restarted) {
+    // a lease ends strictly before the takeovers that come after it
+    if (state.drain === 'done') return { ...stored, leaseUntil: new Date(Math.min(stored.leaseUntil.getTime(), now.getTime() - 1)), heartbeatAt: now };
+    throw conflict(`instance ${instance} is draining: its lease is not renewed, its mail goes to the survivors`, { instance, reason: 'draining' });
+  }
+  if (state.drain === 'done') throw conflict(`instance ${instance} is not draining`, { instance, reason: 'not_draining' });
+  return {
+    leaseUntil: new Date(now.getTime() + leaseMs),
+    heartbeatAt: now,
+    // an instance that does not say when it started keeps what it said before
+    startedAt: state.startedAt ?? stored?.startedAt ?? now,
+    walkDone: state.walkDone ? 1 : 0,
+  };
 }
 
 function envelopeClash(evpid: Evpid) {

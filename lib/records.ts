@@ -77,6 +77,7 @@ export function toInstance(instance: string, row: Records['Instance'], now: numb
     walkDone: Boolean(row.walkDone),
     alive: row.leaseUntil.getTime() > now,
     claims: claimCount(claims),
+    draining: Boolean(row.draining),
   };
 }
 

@@ -176,7 +176,8 @@ export class DatastoreStorage implements Storage {
     if (filters.length === 1) q = q.filter(filters[0]);
     if (filters.length > 1) q = q.filter(and(filters));
     // an inequality on a field would need that field sorted first
-    if (!query.before) q = q.order('__key__');
+    if (query.earliestFirst) q = q.order(query.earliestFirst);
+    else if (!query.before) q = q.order('__key__');
     if (query.limit !== undefined) q = q.limit(query.limit);
     return q;
   }

@@ -24,7 +24,9 @@ export class MemoryStorage implements Storage {
 
   async query<K extends Kind>(query: Query<K>): Promise<Row<K>[]> {
     const matches = [...this.rows.values()].filter((row): row is Row<K> => isMatch(row, query));
-    matches.sort((a, b) => compare(keyPath(a.key), keyPath(b.key)));
+    const earliest = query.earliestFirst;
+    const timeOf = (row: Row<K>) => ((row.data as Record<string, unknown>)[earliest!] as Date).getTime();
+    matches.sort((a, b) => (earliest ? timeOf(a) - timeOf(b) : 0) || compare(keyPath(a.key), keyPath(b.key)));
     return matches.slice(0, query.limit ?? Infinity).map(copy);
   }
 

@@ -97,6 +97,8 @@ export interface Query<K extends Kind = Kind> {
   equal?: Record<string, string>;
   /** A time field (of INDEXED_FIELDS) that must be earlier than `time`. */
   before?: { field: string; time: Date };
+  /** In the order of this time field (of INDEXED_FIELDS), earliest first, instead of id order; not with `before`, `from` or `after`. */
+  earliestFirst?: string;
   /** Only ids from this one on (inclusive). */
   from?: string;
   /** Only ids after this one. */
@@ -106,7 +108,7 @@ export interface Query<K extends Kind = Kind> {
 
 /** The fields queries filter on; a driver indexes these, and may leave the others unindexed. */
 export const INDEXED_FIELDS: Record<Kind, readonly string[]> = {
-  Message: ['state', 'owner', 'expiresAt'],
+  Message: ['state', 'owner', 'expiresAt', 'createdAt'],
   Incoming: ['owner'],
   Envelope: [],
   Chunk: [],
@@ -145,8 +147,8 @@ export interface Records {
    * was kept, which only count.
    */
   Tally: { count: number; evpids?: string };
-  /** An MX of the pool; walkDone is 0 or 1. */
-  Instance: { leaseUntil: Date; heartbeatAt: Date; startedAt: Date; walkDone: number };
+  /** An MX of the pool; walkDone is 0 or 1; draining is 1 from a drain's ask until the instance restarts. */
+  Instance: { leaseUntil: Date; heartbeatAt: Date; startedAt: Date; walkDone: number; draining?: number };
   /** How many messages have been claimed for an instance, ever (apart from Instance, which heartbeats overwrite). */
   Claims: { count: number };
   /** A credential of QUEUE_AUTH=tokens, keyed by the hex sha256 of its token (lib/credentials.ts); the token itself is never stored. */

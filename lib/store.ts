@@ -140,12 +140,21 @@ export interface QueueStore {
 
   /**
    * Records that `instance` is alive for `leaseMs` from now (a pool of MX on
-   * one queue, docs/pool.md): one write. `walkDone` says its smtpd has loaded
+   * one queue, docs/pool.md). `walkDone` says its smtpd has loaded
    * the queue, after which messages may be fed to it one by one. `startedAt`
    * says when the instance started; a heartbeat without it keeps what the
    * instance said before (its first heartbeat's time if it never did).
+   *
+   * A drain (docs/pool.md: Planned drain): `drain: 'ask'` (an administrator,
+   * or the instance itself) marks a live instance draining, and renews
+   * nothing. From then on its heartbeats are refused (conflict, reason
+   * `draining`), so that a bridge that does not know drains lets its lease
+   * lapse and fences itself as for any lapse; `drain: 'done'` (the
+   * instance, once it has fenced itself) ends its lease at once, for the
+   * survivors to claim its mail. A heartbeat that says the instance started
+   * after the drain was asked (a restart) ends the drain and renews.
    */
-  instanceHeartbeat(instance: string, leaseMs: number, state?: { walkDone?: boolean; startedAt?: Date }): Promise<InstanceInfo>;
+  instanceHeartbeat(instance: string, leaseMs: number, state?: HeartbeatState): Promise<InstanceInfo>;
 
   /** Every instance that ever sent a heartbeat, with its lease. */
   instanceList(): Promise<InstanceInfo[]>;
@@ -156,9 +165,11 @@ export interface QueueStore {
    * for a message, exactly one gets it. Also deletes those instances'
    * uncommitted messages. At most `limit` messages per call; `more` says
    * whether orphans are left. An owner that never sent a heartbeat is not an
-   * instance and keeps its messages.
+   * instance and keeps its messages. With `share`, the claimant takes at
+   * most its share of each dead instance's orphans this call: ceil(orphans /
+   * live instances), so that the survivors' rounds spread them.
    */
-  queueTakeover(claimant: string, options?: { from?: string[]; limit?: number }): Promise<Takeover>;
+  queueTakeover(claimant: string, options?: TakeoverOptions): Promise<Takeover>;
 
   /** How many messages each owner has, by state. */
   queueCounts(): Promise<QueueCount[]>;
@@ -280,6 +291,23 @@ export interface InstanceInfo {
   alive: boolean;
   /** How many messages have been claimed for it by takeovers, ever: when it grows, the instance has mail its smtpd does not know. */
   claims: number;
+  /** A drain was asked: its heartbeats are refused until it restarts, and it hands its mail to the survivors. */
+  draining: boolean;
+}
+
+export interface HeartbeatState {
+  walkDone?: boolean;
+  startedAt?: Date;
+  drain?: 'ask' | 'done';
+  /** The bridge's background writes not landed yet: the service logs it (docs/metrics.md) and stores nothing of it. */
+  pendingWrites?: number;
+}
+
+export interface TakeoverOptions {
+  from?: string[];
+  limit?: number;
+  /** Take at most ceil(orphans / live instances) of each dead instance's orphans. */
+  share?: boolean;
 }
 
 export interface Takeover {
@@ -293,6 +321,8 @@ export interface QueueCount {
   owner: string;
   state: MessageState;
   messages: number;
+  /** When the oldest of them was created. */
+  oldestAt?: Date;
 }
 
 export const TAKEOVER_DEFAULT = 100;

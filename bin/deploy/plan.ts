@@ -254,6 +254,12 @@ export function deployPlan(o: DeployOptions): Step[] {
   }
 
   const deploy = (why: string, create: Command): Step => ({ why, create, phase: 'deploy' });
+  steps.push(
+    deploy(
+      `the composite index of index.yaml (queueStatus's oldest message by owner) in database ${database}; one that exists is left as it is, a new one builds in the background`,
+      gcloud('datastore', 'indexes', 'create', 'index.yaml', `--database=${database}`, '--quiet'),
+    ),
+  );
   if (o.target === 'appengine') {
     steps.push(deploy(`every function as one App Engine service (app.yaml: ${RUNTIME}, QUEUE_AUTH=${o.auth}), running as ${RUN_ACCOUNT}`, gcloud('app', 'deploy', 'app.yaml', `--service-account=${runAccount}`, '--quiet')));
     return steps;

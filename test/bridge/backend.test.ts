@@ -725,14 +725,7 @@ describe('reconcile: nothing this instance owns stays unknown to its smtpd', () 
 
   /** Messages of a dead instance, claimed for OWNER behind smtpd's back (as `queue-rest takeover` does). */
   async function claimedBehindItsBack(inner: Queue, count: number): Promise<Evpid[]> {
-    const evpids: Evpid[] = [];
-    for (let i = 0; i < count; i++) {
-      const msgid = randomMsgid();
-      const e = { evpid: randomEvpid(msgid), data: envelope(`orphan${i}@example.test`) };
-      await inner.messageCommit({ msgid, owner: 'dead', size: BODY.length, sha256: sha256hex(BODY), body: BODY, envelopes: [e] });
-      evpids.push(e.evpid);
-    }
-    await inner.instanceHeartbeat('dead', 1);
+    const evpids = await orphansOf(inner, count);
     await sleep(5);
     const { claimed } = await inner.queueTakeover(OWNER);
     expect(claimed.flatMap((c) => c.evpids).sort()).toEqual([...evpids].sort());
@@ -842,6 +835,111 @@ describe('reconcile: nothing this instance owns stays unknown to its smtpd', () 
     expect([...fake.asked, ...walked.map((e) => e.evpid)].sort()).toEqual([...orphans].sort());
   });
 });
+
+describe('a pool that heals itself: automatic takeover and drain', () => {
+  const LEASE_MS = 1_000;
+  const fakeDiscoverer = () => {
+    const asked: Evpid[] = [];
+    return { asked, discover: async (evpid: Evpid) => (asked.push(evpid), 'ok' as Discovered) };
+  };
+
+  test("a running bridge claims a dead instance's mail at its next renewal and hands it to its smtpd, with no command", async () => {
+    const inner = memoryQueue();
+    const fake = fakeDiscoverer();
+    await running(inner, { discoverer: fake, leaseMs: LEASE_MS });
+    const orphans = await orphansOf(inner, 3);
+    await waitFor(() => fake.asked.length >= 3, 3_000);
+    expect([...fake.asked].sort()).toEqual([...orphans].sort());
+    expect((await inner.queueCounts()).filter((c) => c.owner === 'dead')).toEqual([]);
+  });
+
+  test("the survivors' rounds spread one dead instance's orphans: each claims some, each orphan goes to exactly one", async () => {
+    const inner = memoryQueue();
+    const [one, two] = [fakeDiscoverer(), fakeDiscoverer()];
+    await running(inner, { discoverer: one, leaseMs: LEASE_MS });
+    await running(inner, { discoverer: two, leaseMs: LEASE_MS, owner: 'mx2' });
+    const orphans = await orphansOf(inner, 40);
+    await waitFor(() => one.asked.length + two.asked.length >= 40, 5_000);
+    await sleep(300);
+    expect([...one.asked, ...two.asked].sort()).toEqual([...orphans].sort());
+    expect(one.asked.length).toBeGreaterThan(0);
+    expect(two.asked.length).toBeGreaterThan(0);
+  });
+
+  test('with takeover start, or without a discoverer, a running bridge claims nothing by itself', async () => {
+    const inner = memoryQueue();
+    const fake = fakeDiscoverer();
+    await running(inner, { discoverer: fake, leaseMs: LEASE_MS, takeover: 'start' });
+    await running(inner, { leaseMs: LEASE_MS, owner: 'mx2' });
+    await orphansOf(inner, 2);
+    await sleep(LEASE_MS);
+    expect(fake.asked).toEqual([]);
+    expect((await inner.queueCounts()).find((c) => c.owner === 'dead')?.messages).toBe(2);
+  });
+
+  test('a drain fences the bridge at its next renewal, waits for the delivery under way, then ends the lease for the survivors to claim the rest', async () => {
+    const inner = memoryQueue();
+    const b = await running(inner, { leaseMs: LEASE_MS });
+    const delivered = await b.smtpd.accept(['delivered@example.test']);
+    const waiting = await b.smtpd.accept(['waiting@example.test']);
+    expect(await b.smtpd.messageFd(delivered.msgid)).toEqual(BODY);
+    await inner.instanceHeartbeat(OWNER, LEASE_MS, { drain: 'ask' });
+    await until('the bridge to fence itself', () => !b.backend.leaseSure, 2_000);
+    expect(await b.smtpd.messageFd(waiting.msgid)).toBeNull();
+    expect(await b.smtpd.messageCreate()).toBeNull();
+    // smtpd counts the put-off attempt as a retry: the survivor gets the envelope without it
+    expect(await b.smtpd.envelopeUpdate(waiting.evpids[0], envelope('waiting@example.test', 'retry: 1\n'))).toBe(1);
+    expect(await inner.envelopeLoad(waiting.evpids[0])).toEqual(envelope('waiting@example.test'));
+    // the delivery under way holds the lease
+    await sleep(LEASE_MS / 4);
+    expect((await inner.instanceList()).find((i) => i.instance === OWNER)).toMatchObject({ alive: true, draining: true });
+    expect(await b.smtpd.envelopeDelete(delivered.evpids[0])).toBe(1);
+    await until('the lease to end', async () => !(await inner.instanceList()).find((i) => i.instance === OWNER)!.alive, 2_000);
+    const { claimed } = await inner.queueTakeover('mx2');
+    expect(claimed.map((c) => c.msgid)).toEqual([waiting.msgid]);
+  });
+
+  test('with async-delete no, a drain ends the lease only once the delete smtpd is waiting for has landed', async () => {
+    const inner = memoryQueue();
+    const b = await running(inner, { leaseMs: LEASE_MS, asyncDelete: false });
+    const delivered = await b.smtpd.accept(['delivered@example.test']);
+    expect(await b.smtpd.messageFd(delivered.msgid)).toEqual(BODY);
+    await inner.instanceHeartbeat(OWNER, LEASE_MS, { drain: 'ask' });
+    await until('the bridge to fence itself', () => !b.backend.leaseSure, 2_000);
+    b.store.hang('envelopeDelete');
+    const deleted = b.smtpd.envelopeDelete(delivered.evpids[0]);
+    // past the drain's next look (every 200 ms), within the call's bound (700 ms)
+    await sleep(450);
+    expect((await inner.instanceList()).find((i) => i.instance === OWNER)?.alive).toBe(true);
+    b.store.release();
+    expect(await deleted).toBe(1);
+    await until('the lease to end', async () => !(await inner.instanceList()).find((i) => i.instance === OWNER)!.alive, 2_000);
+    // delivered, and deleted: nothing left to deliver again
+    expect((await inner.queueTakeover('mx2')).claimed).toEqual([]);
+  });
+
+  test('drain-on-close: an orderly stop with every write landed hands the mail to the survivors at once', async () => {
+    const inner = memoryQueue();
+    const b = await running(inner, { leaseMs: 60_000, drainOnClose: true });
+    const { msgid } = await b.smtpd.accept(['a@example.test']);
+    await b.backend.close();
+    expect((await inner.instanceList()).find((i) => i.instance === OWNER)).toMatchObject({ alive: false, draining: true });
+    expect((await inner.queueTakeover('mx2')).claimed.map((c) => c.msgid)).toEqual([msgid]);
+  });
+});
+
+/** `count` one-recipient messages of instance `dead`, whose lease then runs out. */
+async function orphansOf(inner: Queue, count: number): Promise<Evpid[]> {
+  const evpids: Evpid[] = [];
+  for (let i = 0; i < count; i++) {
+    const msgid = randomMsgid();
+    const e = { evpid: randomEvpid(msgid), data: envelope(`orphan${i}@example.test`) };
+    await inner.messageCommit({ msgid, owner: 'dead', size: BODY.length, sha256: sha256hex(BODY), body: BODY, envelopes: [e] });
+    evpids.push(e.evpid);
+  }
+  await inner.instanceHeartbeat('dead', 1);
+  return evpids;
+}
 
 async function waitFor(done: () => boolean | Promise<boolean>, ms = 2_000): Promise<void> {
   const deadline = Date.now() + ms;

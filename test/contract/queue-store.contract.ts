@@ -927,6 +927,73 @@ export function queueStoreContract(driver: ContractDriver): void {
       expect((await store.messageWalk(other.msgid)).message.owner).toBe('mx3');
     });
 
+    test("a shared takeover claims at most ceil(orphans / live instances) of a dead instance's orphans per call, leaving the rest to the others", async () => {
+      await store.instanceHeartbeat(OWNER, LEASE);
+      for (let i = 0; i < 7; i++) await queued(1);
+      await lapse();
+      await store.instanceHeartbeat(OTHER, 60_000);
+      await store.instanceHeartbeat('mx3', 60_000);
+      const first = await store.queueTakeover(OTHER, { share: true });
+      expect([first.claimed.length, first.more]).toEqual([4, true]);
+      const second = await store.queueTakeover('mx3', { share: true });
+      expect([second.claimed.length, second.more]).toEqual([2, true]);
+      const third = await store.queueTakeover(OTHER, { share: true });
+      expect([third.claimed.length, third.more]).toEqual([1, false]);
+      expect(await store.queueTakeover('mx3', { share: true })).toEqual({ claimed: [], purged: 0, more: false });
+    });
+
+    test('a shared takeover counts neither dead nor draining instances as live', async () => {
+      await store.instanceHeartbeat(OWNER, LEASE);
+      await store.instanceHeartbeat('mx4', LEASE);
+      for (let i = 0; i < 4; i++) await queued(1);
+      await store.instanceHeartbeat('mx3', 60_000);
+      await store.instanceHeartbeat('mx3', 60_000, { drain: 'ask' });
+      await lapse();
+      expect((await store.queueTakeover(OTHER, { share: true })).claimed).toHaveLength(4);
+    });
+
+    test("a drain marks a live instance draining without renewing it; its heartbeats are then refused until it says it is done, which ends its lease at once", async () => {
+      const startedAt = new Date(Date.now() - 1000);
+      const before = await store.instanceHeartbeat(OWNER, 60_000, { startedAt });
+      const asked = await store.instanceHeartbeat(OWNER, 60_000, { drain: 'ask' });
+      expect(asked).toMatchObject({ alive: true, draining: true });
+      expect(asked.leaseUntil.getTime()).toBe(before.leaseUntil.getTime());
+      await expectError(store.instanceHeartbeat(OWNER, 60_000, { startedAt }), 'conflict', 'draining');
+      await expectError(store.instanceHeartbeat(OWNER, 60_000), 'conflict', 'draining');
+      const done = await store.instanceHeartbeat(OWNER, 60_000, { startedAt, drain: 'done' });
+      expect(done).toMatchObject({ alive: false, draining: true });
+      expect((await store.instanceList()).map((i) => [i.instance, i.alive, i.draining])).toEqual([[OWNER, false, true]]);
+    });
+
+    test("a drained instance's mail is claimed at once, and its restart ends the drain", async () => {
+      const startedAt = new Date(Date.now() - 1000);
+      await store.instanceHeartbeat(OWNER, 60_000, { startedAt });
+      const { msgid } = await queued(1);
+      await store.instanceHeartbeat(OWNER, 60_000, { drain: 'ask' });
+      expect((await store.queueTakeover(OTHER)).claimed).toEqual([]);
+      await store.instanceHeartbeat(OWNER, 60_000, { startedAt, drain: 'done' });
+      expect((await store.queueTakeover(OTHER)).claimed.map((c) => c.msgid)).toEqual([msgid]);
+      const restarted = await store.instanceHeartbeat(OWNER, 60_000, { startedAt: new Date() });
+      expect(restarted).toMatchObject({ alive: true, draining: false });
+    });
+
+    test('a drain is refused for an instance that holds no lease, and `done` for one that is not draining', async () => {
+      await expectError(store.instanceHeartbeat(OWNER, 60_000, { drain: 'ask' }), 'not_found');
+      await store.instanceHeartbeat(OWNER, LEASE);
+      await expectError(store.instanceHeartbeat(OWNER, LEASE, { drain: 'done' }), 'conflict', 'not_draining');
+      await lapse();
+      await expectError(store.instanceHeartbeat(OWNER, LEASE, { drain: 'ask' }), 'conflict', 'no_lease');
+    });
+
+    test('counts say when the oldest message of each owner and state was created', async () => {
+      const first = await queued(1);
+      await queued(1);
+      const counts = await store.queueCounts();
+      const mine = counts.find((c) => c.owner === OWNER && c.state === 'queued')!;
+      expect(mine.messages).toBe(2);
+      expect(mine.oldestAt!.getTime()).toBe((await store.messageWalk(first.msgid)).message.createdAt.getTime());
+    });
+
     test('a walk begun before a takeover does not hand out what the takeover moved', async () => {
       await store.instanceHeartbeat(OWNER, LEASE);
       const orphan = await queued(1, undefined, OWNER);
@@ -951,9 +1018,9 @@ export function queueStoreContract(driver: ContractDriver): void {
       await store.messageCorrupt(msgid);
       await store.messageCreate([randomMsgid()], OTHER);
       expect(await store.queueCounts()).toEqual([
-        { owner: OWNER, state: 'corrupt', messages: 1 },
-        { owner: OWNER, state: 'queued', messages: 1 },
-        { owner: OTHER, state: 'incoming', messages: 1 },
+        { owner: OWNER, state: 'corrupt', messages: 1, oldestAt: expect.any(Date) },
+        { owner: OWNER, state: 'queued', messages: 1, oldestAt: expect.any(Date) },
+        { owner: OTHER, state: 'incoming', messages: 1, oldestAt: expect.any(Date) },
       ]);
     });
   });

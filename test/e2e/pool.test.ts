@@ -5,7 +5,7 @@ import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { promisify } from 'node:util';
 import { installBridge, uninstallBridge } from '../../bin/install-bridge';
-import { freePort, openSmtpClient, startSink, stopAllSinks, waitFor, type Sink } from '../../dev/mail';
+import { freePort, openSmtpClient, startSink, stopAllSinks, waitFor, type Sink, type SmtpError } from '../../dev/mail';
 import { startSmtpd, stopAllSmtpd, type Smtpd } from '../../dev/smtpd/process';
 import { testUser } from '../../dev/smtpd/user';
 import { Credentials } from '../../lib/credentials';
@@ -89,8 +89,8 @@ interface Mx {
 
 let generation = 0;
 
-/** An MX of the pool: smtpd with queue-rest as instance `name`, ready once its walk is done. */
-async function mx(name: string, relayPort: number, url = service.baseUrl): Promise<Mx> {
+/** An MX of the pool: smtpd with queue-rest as instance `name`, ready once its walk is done; `takeover start` for a test of the command, which automatic rounds would race. */
+async function mx(name: string, relayPort: number, url = service.baseUrl, takeover: 'auto' | 'start' = 'auto'): Promise<Mx> {
   const logFile = path.join(logDir, `${name}-${++generation}.log`);
   const smtpd = await startSmtpd({
     isolated: true,
@@ -104,6 +104,7 @@ async function mx(name: string, relayPort: number, url = service.baseUrl): Promi
       QUEUE_REST_STATE: path.join(path.dirname(logFile), 'state'),
       QUEUE_REST_RETRY_BUDGET: '2000',
       QUEUE_REST_TIMEOUT: '1000',
+      QUEUE_REST_TAKEOVER: takeover,
       METADATA_SERVER_DETECTION: 'none',
     },
     trace: true,
@@ -120,6 +121,30 @@ async function send(pool: Mx[], count: number, tag: string): Promise<string[]> {
     for (let i = 0; i < count; i++) {
       const body = `${tag} message ${i}\n`;
       await clients[i % clients.length].send({ from: 'sender@example.test', to: [`rcpt${i}@relay.test`], subject: `${tag} ${i}`, body });
+      ids.push(`${tag} ${i}`);
+    }
+    return ids;
+  } finally {
+    for (const c of clients) c.close();
+  }
+}
+
+/** As send, but a message an MX answers with a temporary failure goes to the next MX; answers the subjects, and how many were refused so. */
+async function sendOrNextMx(pool: Mx[], count: number, tag: string): Promise<string[]> {
+  const clients = pool.map((m) => openSmtpClient(m.smtpd.port));
+  try {
+    const ids: string[] = [];
+    for (let i = 0; i < count; i++) {
+      const mail = { from: 'sender@example.test', to: [`rcpt${i}@relay.test`], subject: `${tag} ${i}`, body: `${tag} message ${i}\n` };
+      for (let tries = 0; ; tries++) {
+        try {
+          await clients[(i + tries) % clients.length].send(mail);
+          break;
+        } catch (err) {
+          const code = (err as SmtpError).responseCode ?? 0;
+          if (code < 400 || code >= 500 || tries >= 2 * clients.length) throw err;
+        }
+      }
       ids.push(`${tag} ${i}`);
     }
     return ids;
@@ -192,7 +217,7 @@ test("a killed MX's mail is taken over at a survivor's start-up walk and deliver
 
 test("a killed MX's mail is taken over by a running MX with queue-rest takeover, without a restart, and delivered exactly once", async () => {
   const relayPort = await freePort();
-  const b = await mx('cmd-b', relayPort);
+  const b = await mx('cmd-b', relayPort, service.baseUrl, 'start');
   const a = await mx('cmd-a', relayPort);
   const subjects = await send([a], 20, 'discovered');
   await waitFor("cmd-a's messages in the service", async () => ((await ownersOf('cmd-a')).get('cmd-a/queued') === 20 ? true : undefined));
@@ -212,7 +237,7 @@ test('an MX cut off from the service loses its mail to a survivor, and when it c
   const relayPort = await freePort();
   const proxy = await startProxy(service.port);
   try {
-    const b = await mx('cut-b', relayPort);
+    const b = await mx('cut-b', relayPort, service.baseUrl, 'start');
     const a = await mx('cut-a', relayPort, `http://127.0.0.1:${proxy.port}`);
     const subjects = await send([a], 10, 'partitioned');
     await waitFor("cut-a's messages in the service", async () => ((await ownersOf('cut-a')).get('cut-a/queued') === 10 ? true : undefined));
@@ -259,4 +284,76 @@ test('two MX racing to take over the same orphans claim each message exactly onc
   }
   expect([...walkedBy.values()].filter((lines) => lines.length > 1)).toEqual([]);
   expect(walkedBy.size).toBe(30);
+});
+
+/** SIGKILL for smtpd and every process of its group, the bridge included: nothing of the MX runs on. */
+async function killWhole(m: Mx): Promise<number> {
+  const killedAt = Date.now();
+  try {
+    process.kill(-m.smtpd.pid, 'SIGKILL');
+  } catch {
+    // the group is gone already
+  }
+  await m.smtpd.kill('SIGKILL');
+  return killedAt;
+}
+
+/** How many messages an MX's bridge took over into its running smtpd, by its log. */
+const tookOverLive = (m: Mx) => [...m.log().matchAll(/took over (\d+) messages of dead instances \([^)]*\) into the running smtpd/g)].reduce((sum, [, n]) => sum + Number(n), 0);
+
+const NO_CRASH = /queue-proc: (bad response|pipe closed|exiting)/;
+
+describe('a pool that heals itself', () => {
+  test("an MX killed with SIGKILL: a running MX takes its mail over by itself, with no restart and no command, and each is delivered exactly once", async () => {
+    const relayPort = await freePort();
+    const b = await mx('auto-b', relayPort);
+    const a = await mx('auto-a', relayPort);
+    const subjects = await send([a], 20, 'healed');
+    await waitFor("auto-a's messages in the service", async () => ((await ownersOf('auto-a')).get('auto-a/queued') === 20 ? true : undefined));
+    const killedAt = await killWhole(a);
+    const sink = await startSink({ port: relayPort });
+    await waitFor('all of it at the sink', () => (subjects.every((s) => arrivals(sink).has(s)) ? true : undefined), 60_000, () => b.log().slice(-3000));
+    const seconds = (Date.now() - killedAt) / 1000;
+    // eslint-disable-next-line no-console
+    console.log(`automatic take-over: mail delivered ${seconds.toFixed(1)} s after the SIGKILL (lease ${LEASE / 1000} s, target lease + 10 s)`);
+    expect(seconds).toBeLessThanOrEqual(LEASE / 1000 + 10);
+    await expectEachExactlyOnce(sink, subjects, () => b.log().slice(-3000));
+    expect(tookOverLive(b)).toBe(20);
+    expect(b.smtpd.output()).not.toMatch(NO_CRASH);
+    expect((await ownersOf('auto-')).size).toBe(0);
+  });
+
+  test("three MX, one killed: the two survivors share its orphans, each delivers some, each message exactly once", async () => {
+    const relayPort = await freePort();
+    const [b, c] = [await mx('three-b', relayPort), await mx('three-c', relayPort)];
+    const a = await mx('three-a', relayPort);
+    const subjects = await send([a], 40, 'spread');
+    await waitFor("three-a's messages in the service", async () => ((await ownersOf('three-a')).get('three-a/queued') === 40 ? true : undefined));
+    await killWhole(a);
+    const sink = await startSink({ port: relayPort });
+    await expectEachExactlyOnce(sink, subjects, () => [b, c].map((m) => m.log().slice(-2000)).join('\n'));
+    // eslint-disable-next-line no-console
+    console.log(`spread: three-b took over ${tookOverLive(b)}, three-c ${tookOverLive(c)} of 40`);
+    expect(tookOverLive(b) + tookOverLive(c)).toBe(40);
+    expect(tookOverLive(b)).toBeGreaterThan(0);
+    expect(tookOverLive(c)).toBeGreaterThan(0);
+    for (const m of [b, c]) expect(m.smtpd.output()).not.toMatch(NO_CRASH);
+  });
+
+  test('queue-rest drain during load: the drained MX hands its mail to the live one at once, nothing lost or delivered twice', async () => {
+    const sink = await startSink();
+    const b = await mx('drain-b', sink.port);
+    const a = await mx('drain-a', sink.port);
+    // the drain comes while mail is being accepted and delivered; a sender told to try later tries the next MX, as MTAs do
+    const sending = sendOrNextMx([a, b], 60, 'drained');
+    await waitFor('the first deliveries', () => (sink.messages.length >= 10 ? true : undefined), 60_000);
+    const drained = JSON.parse(await adminCommand(['drain', service.baseUrl, '--instance', 'drain-a', '--json']));
+    const subjects = await sending;
+    await expectEachExactlyOnce(sink, subjects, () => [a, b].map((m) => m.log().slice(-3000)).join('\n'));
+    // eslint-disable-next-line no-console
+    console.log(`drain: ${drained.messages} queued messages of drain-a; its lease ended ${(drained.leaseEndedAfterMs / 1000).toFixed(1)} s and its mail was drain-b's ${(drained.handedOverAfterMs / 1000).toFixed(1)} s after the command (lease ${LEASE / 1000} s)`);
+    expect(a.log()).toMatch(/drain: lease of drain-a ended/);
+    expect((await ownersOf('drain-')).size).toBe(0);
+    for (const m of [a, b]) expect(m.smtpd.output()).not.toMatch(NO_CRASH);
+  });
 });

@@ -1,6 +1,6 @@
 import { QueueError } from '../../lib/errors';
 import type { Evpid, Msgid } from '../../lib/ids';
-import type { Commit, Envelope, OwnerCheck, PageRequest, QueueStore, ReadRange } from '../../lib/store';
+import type { Commit, Envelope, HeartbeatState, OwnerCheck, PageRequest, QueueStore, ReadRange, TakeoverOptions } from '../../lib/store';
 
 export type StoreOp = Exclude<keyof QueueStore, 'limits' | 'close'>;
 
@@ -138,13 +138,13 @@ export class FaultyStore implements QueueStore {
   messagePurge(owner: string, keep?: Msgid[]) {
     return this.run('messagePurge', () => this.inner.messagePurge(owner, keep));
   }
-  instanceHeartbeat(instance: string, leaseMs: number, state?: { walkDone?: boolean; startedAt?: Date }) {
+  instanceHeartbeat(instance: string, leaseMs: number, state?: HeartbeatState) {
     return this.run('instanceHeartbeat', () => this.inner.instanceHeartbeat(instance, leaseMs, state));
   }
   instanceList() {
     return this.run('instanceList', () => this.inner.instanceList());
   }
-  queueTakeover(claimant: string, options?: { from?: string[]; limit?: number }) {
+  queueTakeover(claimant: string, options?: TakeoverOptions) {
     return this.run('queueTakeover', () => this.inner.queueTakeover(claimant, options));
   }
   queueCounts() {
