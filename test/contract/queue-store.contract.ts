@@ -1020,7 +1020,7 @@ export function queueStoreContract(driver: ContractDriver): void {
       expect(await store.queueCounts()).toEqual([
         { owner: OWNER, state: 'corrupt', messages: 1, oldestAt: expect.any(Date) },
         { owner: OWNER, state: 'queued', messages: 1, oldestAt: expect.any(Date) },
-        { owner: OTHER, state: 'incoming', messages: 1, oldestAt: expect.any(Date) },
+        { owner: OTHER, state: 'incoming', messages: 1 },
       ]);
     });
   });
