@@ -284,7 +284,7 @@ describe('queue-rest speaking to smtpd', () => {
     };
     const status = await admin('status', service.baseUrl);
     expect(status.instances).toContainEqual(expect.objectContaining({ instance: 'mx-admin', alive: true, walkDone: true }));
-    expect(status.counts).toContainEqual({ owner: 'mx-admin', state: 'queued', messages: 1 });
+    expect(status.counts).toContainEqual({ owner: 'mx-admin', state: 'queued', messages: 1, oldestAt: expect.any(String) });
     expect(await admin('list', service.baseUrl, '--owner', 'mx-admin')).toEqual([{ msgid: msgidToHex(msgid), evpids: [evpidToHex(evpids[0])] }]);
     const shown = await admin('show', service.baseUrl, msgidToHex(msgid));
     expect(shown.message).toMatchObject({ msgid: msgidToHex(msgid), owner: 'mx-admin', state: 'queued' });
